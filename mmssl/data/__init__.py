@@ -1,0 +1,15 @@
+"""Streaming data: shard sources, exact epoch plans, fields per modality, and the loader."""
+from .audio import AudioField, LogMel
+from .fields import LabelField, SkipSample
+from .image import ImageField, eval_transform, train_transform
+from .loader import ShardLoader, build_loader
+from .shards import DataSpecError, Source, read_manifest, resolve_source, resolve_sources
+from .text import TextField
+from .video import VideoField
+from .views import MultiCrop, TwoViews, ssl_augment
+
+__all__ = [
+    "AudioField", "DataSpecError", "ImageField", "LabelField", "LogMel", "MultiCrop", "ShardLoader",
+    "SkipSample", "Source", "TextField", "TwoViews", "VideoField", "build_loader", "eval_transform",
+    "read_manifest", "resolve_source", "resolve_sources", "ssl_augment", "train_transform",
+]

@@ -1,0 +1,255 @@
+"""Where samples come from: shard URL lists, manifests, per-shard counts, and the epoch plan.
+
+A *source* is what a user names in a config (`data.train=shards/default`):
+- a directory written by `tools/make_shards.py`: its `manifest.json` gives the shards of a split
+  and their sample counts;
+- a brace pattern (`shards/x/train-{000000..000009}.tar`), `::`-joined patterns, or a list of paths;
+- `pipe:` commands and http(s) URLs, opened with `webdataset.gopen`.
+
+Counts come from the manifest, from a `sizes.json` beside the shards (as open_clip reads it), or,
+for local tars, from a scan of the tar headers. Streams whose counts cannot be known (pipes, http
+without sizes.json) need `resampled=True` and a fixed number of batches per epoch.
+
+The epoch plan (`plan_epoch`) is what makes distributed streaming exact. The shards of an epoch are
+put in a seeded order and read as one long sequence of samples. That sequence is cut into
+`world_size` contiguous rank ranges of near-equal length, and each rank range into one piece per
+data-loader worker, whose length is a whole number of batches. So every rank yields the same
+number of batches, and each sample lands in exactly one (rank, worker) piece. A worker whose piece
+starts inside a shard skips the leading samples of that shard without decoding them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import braceexpand
+
+MANIFEST = "manifest.json"
+SIZES = "sizes.json"
+
+
+class DataSpecError(ValueError):
+    """A dataset spec that cannot be used; the message names the path or option."""
+
+
+@dataclass
+class Source:
+    """One stream of shards: URLs, their sample counts (None when unknown) and a mixing weight."""
+
+    urls: list[str]
+    counts: list[int] | None = None
+    weight: float = 1.0
+    name: str = ""
+    labels: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int | None:
+        return None if self.counts is None else sum(self.counts)
+
+
+def is_remote(url: str) -> bool:
+    return url.startswith(("pipe:", "http://", "https://", "gs://", "s3://"))
+
+
+def read_manifest(directory: str | os.PathLike) -> dict:
+    path = Path(directory) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataSpecError(f"no {MANIFEST} in {directory} (build it with tools/make_shards.py)") from None
+    except json.JSONDecodeError as exn:
+        raise DataSpecError(f"{path} is not valid JSON: {exn}") from None
+
+
+def expand_pattern(pattern: str) -> list[str]:
+    """`a-{000..002}.tar::b.tar` -> ['a-000.tar', 'a-001.tar', 'a-002.tar', 'b.tar']."""
+    urls = []
+    for part in pattern.split("::"):
+        urls.extend(braceexpand.braceexpand(os.path.expandvars(part)))
+    return urls
+
+
+def count_tar_samples(path: str) -> int:
+    """Number of distinct sample keys in a local tar, read from its headers only."""
+    keys = set()
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for member in tar:
+                if member.isreg():
+                    keys.add(split_member_name(member.name)[0])
+    except (tarfile.TarError, EOFError, OSError):
+        pass  # a truncated tar counts the samples before the cut; the reader reports the damage
+    return len(keys)
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """'dir/abc.seg.jpg' -> ('dir/abc', 'seg.jpg'): the key ends at the first dot of the basename."""
+    slash = name.rfind("/")
+    dot = name.find(".", slash + 1)
+    if dot < 0:
+        return name, ""
+    return name[:dot], name[dot + 1 :].lower()
+
+
+def _sizes_beside(urls: list[str]) -> list[int] | None:
+    folders = {os.path.dirname(u) for u in urls}
+    if len(folders) != 1:
+        return None
+    sizes_path = Path(folders.pop() or ".") / SIZES
+    if is_remote(urls[0]) or not sizes_path.exists():
+        return None
+    sizes = json.loads(sizes_path.read_text())
+    names = [os.path.basename(u) for u in urls]
+    if not all(n in sizes for n in names):
+        return None
+    return [int(sizes[n]) for n in names]
+
+
+def resolve_source(spec, split: str = "train", weight: float = 1.0) -> Source:
+    """Turn one user spec (directory, pattern, list of paths, pipe:/http URL) into a `Source`."""
+    if isinstance(spec, (list, tuple)):
+        urls = [str(u) for u in spec]
+        name = f"{len(urls)} urls"
+    else:
+        spec = str(spec)
+        if not is_remote(spec) and os.path.isdir(spec):
+            manifest = read_manifest(spec)
+            splits = manifest.get("splits", {})
+            if split not in splits:
+                raise DataSpecError(f"{spec} has no '{split}' split (it has: {', '.join(sorted(splits)) or 'none'})")
+            shards = splits[split]["shards"]
+            if not shards:
+                raise DataSpecError(f"{spec}: split '{split}' has no shards")
+            return Source(
+                urls=[str(Path(spec) / s["name"]) for s in shards],
+                counts=[int(s["count"]) for s in shards],
+                weight=weight,
+                name=f"{spec}:{split}",
+                labels=list(manifest.get("labels", [])),
+            )
+        urls = expand_pattern(spec)
+        name = spec
+    if not urls:
+        raise DataSpecError(f"data spec {spec!r} names no shards")
+    local = [u for u in urls if not is_remote(u)]
+    missing = [u for u in local if not os.path.exists(u)]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise DataSpecError(f"shard not found: {missing[0]}{more}")
+    counts = _sizes_beside(urls)
+    if counts is None and len(local) == len(urls):
+        counts = [count_tar_samples(u) for u in urls]
+    return Source(urls=urls, counts=counts, weight=weight, name=name)
+
+
+def resolve_sources(spec, split: str = "train") -> list[Source]:
+    """A spec, or a list of `{"spec": ..., "weight": w}` dicts for a weighted mixture."""
+    if isinstance(spec, (list, tuple)) and spec and all(isinstance(s, dict) for s in spec):
+        sources = []
+        for item in spec:
+            if "spec" not in item:
+                raise DataSpecError(f"mixture entry {item} needs a 'spec' key")
+            sources.append(resolve_source(item["spec"], split, float(item.get("weight", 1.0))))
+        return sources
+    return [resolve_source(spec, split)]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Samples [start, stop) of one shard, in the shard's own order."""
+
+    url: str
+    start: int
+    stop: int
+
+
+@dataclass
+class WorkerPlan:
+    """What one logical data worker reads in one epoch, and how many batches it must yield."""
+
+    segments: list[Segment]
+    batches: int
+
+    @property
+    def samples(self) -> int:
+        return sum(s.stop - s.start for s in self.segments)
+
+
+def epoch_seed(seed: int, epoch: int, *parts: int) -> int:
+    """A deterministic 63-bit seed from a base seed, the epoch and any ids (rank, worker, ...)."""
+    return random.Random(repr((seed, epoch) + parts)).getrandbits(63)
+
+
+def shard_order(n_shards: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
+    order = list(range(n_shards))
+    if shuffle:
+        random.Random(epoch_seed(seed, epoch)).shuffle(order)
+    return order
+
+
+def _even_split(total: int, parts: int) -> list[int]:
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def _segments(urls, counts, order, start, stop) -> list[Segment]:
+    """Cut global sample positions [start, stop) of the ordered shard sequence into shard segments."""
+    out, offset = [], 0
+    for idx in order:
+        lo, hi = offset, offset + counts[idx]
+        offset = hi
+        a, b = max(lo, start), min(hi, stop)
+        if a < b:
+            out.append(Segment(urls[idx], a - lo, b - lo))
+        if offset >= stop:
+            break
+    return out
+
+
+def plan_epoch(
+    urls: list[str],
+    counts: list[int],
+    *,
+    epoch: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    num_workers: int,
+    batch_size: int,
+    drop_last: bool,
+    shuffle: bool,
+) -> list[WorkerPlan]:
+    """Split one epoch of a finite source into `num_workers` plans for this rank.
+
+    With `drop_last`, every rank yields `floor(floor(N / world) / batch)` full batches, and the few
+    samples beyond that are spares: a worker uses them in place of corrupt samples and drops the
+    rest (counted). Without it, every sample is read exactly once over all ranks and workers, the
+    last batch of a rank may be short, and rank batch counts differ by at most one.
+    """
+    total = sum(counts)
+    rank_sizes = _even_split(total, world_size)
+    rank_start = sum(rank_sizes[:rank])
+    n_rank = rank_sizes[rank]
+    if drop_last:
+        n_batches = (total // world_size) // batch_size
+        if n_batches == 0:
+            raise DataSpecError(
+                f"{total} samples cannot fill one batch of {batch_size} on each of {world_size} ranks; "
+                "lower batch_size or add data"
+            )
+    else:
+        n_batches = -(-n_rank // batch_size)
+    worker_batches = _even_split(n_batches, num_workers)
+    # Spare samples (drop_last only) are shared out so each worker has a few replacements.
+    spare = _even_split(n_rank - min(n_rank, n_batches * batch_size), num_workers)
+    order = shard_order(len(urls), seed, epoch, shuffle)
+    plans, cursor = [], rank_start
+    rank_stop = rank_start + n_rank
+    for w in range(num_workers):
+        length = min(worker_batches[w] * batch_size + spare[w], rank_stop - cursor)
+        plans.append(WorkerPlan(_segments(urls, counts, order, cursor, cursor + length), worker_batches[w]))
+        cursor += length
+    return plans

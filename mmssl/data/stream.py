@@ -1,0 +1,264 @@
+"""`ShardStream`: the IterableDataset behind every mmssl loader.
+
+Each DataLoader worker plays one *logical worker* of the epoch plan (see `shards.plan_epoch`):
+it reads its segments, shuffles through a seeded buffer, decodes only the requested fields, skips
+and counts bad samples, and yields whole batches together with its position.
+
+Exact resume: a worker's position is the number of raw samples that have left its shuffle buffer
+(decoded or skipped). To restart at position p, the worker re-reads its plan with the same seeds
+and discards the first p raw samples without decoding them, so the buffer holds exactly what it
+held before. Augmentations draw from a generator seeded by (seed, epoch, rank, worker, position),
+so they repeat too.
+"""
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .fields import SkipSample, collate
+from .reader import read_segment
+from .shards import DataSpecError, Segment, Source, WorkerPlan, epoch_seed, plan_epoch
+
+
+@dataclass
+class WorkerStart:
+    """Where a logical worker resumes inside an epoch."""
+
+    emitted: int = 0
+    batches: int = 0
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class BatchMeta:
+    """Sent with every batch (or alone, with batch=None, when a worker finishes its epoch)."""
+
+    epoch: int
+    worker: int
+    emitted: int
+    batches: int
+    stats: dict
+    done: bool = False
+
+
+class ShardStream(IterableDataset):
+    """Batches from tar shards, split exactly over ranks and workers.
+
+    Args:
+        sources: resolved `Source`s. One finite source reads each sample once per epoch; several
+            sources, or `resampled=True`, draw shards with replacement (mixing by weight).
+        fields: objects with `extensions`, `decode(sample)` and optionally `collate(values)`.
+        batch_size: samples per batch on this rank.
+        epoch_batches: batches per rank per epoch when resampled (required then).
+    """
+
+    def __init__(
+        self,
+        sources: list[Source],
+        fields: list,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        shuffle: bool = True,
+        shuffle_buffer: int = 1000,
+        seed: int = 0,
+        drop_last: bool = True,
+        resampled: bool = False,
+        epoch_batches: int | None = None,
+    ):
+        if batch_size < 1:
+            raise DataSpecError(f"batch_size must be >= 1, got {batch_size}")
+        self.sources = sources
+        self.fields = fields
+        self.batch_size = batch_size
+        self.rank, self.world_size = rank, world_size
+        self.logical_workers = max(1, num_workers)
+        self.shuffle, self.shuffle_buffer = shuffle, shuffle_buffer if shuffle else 0
+        self.seed, self.drop_last = seed, drop_last
+        self.resampled = resampled or len(sources) > 1
+        self.epoch_batches = epoch_batches
+        if self.resampled and not epoch_batches:
+            raise DataSpecError("resampled or mixed streams need epoch_batches (batches per rank per epoch)")
+        if not self.resampled and sources[0].counts is None:
+            raise DataSpecError(
+                f"sample counts of {sources[0].name} are unknown (remote shards without sizes.json); "
+                "set resampled=true and epoch_batches"
+            )
+        exts = set()
+        for f in fields:
+            exts.update(f.extensions)
+        self.extensions = exts
+        # Set by the loader before each epoch's iterator is made (workers get a fresh copy).
+        self.epoch = 0
+        self.rotation = 0
+        self.starts: dict[int, WorkerStart] = {}
+
+    # ---- planning -------------------------------------------------------------------------
+    def plans(self, epoch: int) -> list[WorkerPlan]:
+        if self.resampled:
+            per_worker = [self.epoch_batches // self.logical_workers + (w < self.epoch_batches % self.logical_workers)
+                          for w in range(self.logical_workers)]
+            return [WorkerPlan([], b) for b in per_worker]
+        src = self.sources[0]
+        return plan_epoch(
+            src.urls, src.counts, epoch=epoch, seed=self.seed, rank=self.rank, world_size=self.world_size,
+            num_workers=self.logical_workers, batch_size=self.batch_size, drop_last=self.drop_last,
+            shuffle=self.shuffle,
+        )
+
+    def batches_per_epoch(self, epoch: int = 0) -> int:
+        return sum(p.batches for p in self.plans(epoch))
+
+    # ---- raw sample order -----------------------------------------------------------------
+    def _samples(self, plan: WorkerPlan, rng: random.Random, on_error) -> Iterator[dict]:
+        """Raw samples in this worker's shuffled order.
+
+        With drop_last, a worker that corrupt samples left short of full batches reads its piece
+        again (a new shuffled pass, counted as `refill_pass`); the iteration stops as soon as its
+        batches are full, so a second pass starts only when it is needed.
+        """
+        if self.resampled:
+            yield from self._shuffled(self._resampled_raw(rng, on_error), rng)
+            return
+        while True:
+            got = 0
+            for sample in self._shuffled(self._one_pass(plan, on_error), rng):
+                got += 1
+                yield sample
+            if not self.drop_last or got == 0:
+                return
+            on_error("refill_pass", "worker piece reread to fill its batches")
+
+    def _one_pass(self, plan: WorkerPlan, on_error) -> Iterator[dict]:
+        for seg in plan.segments:
+            yield from read_segment(seg, self.extensions, on_error)
+
+    def _resampled_raw(self, rng: random.Random, on_error) -> Iterator[dict]:
+        weights = [s.weight for s in self.sources]
+        streams = [self._shard_cycle(s, rng, on_error) for s in self.sources]
+        while True:
+            yield next(rng.choices(streams, weights)[0])
+
+    def _shard_cycle(self, src: Source, rng: random.Random, on_error) -> Iterator[dict]:
+        empty_draws = 0
+        while True:
+            url = rng.choice(src.urls)
+            got = 0
+            for sample in read_segment(Segment(url, 0, 1 << 62), self.extensions, on_error):
+                got += 1
+                yield sample
+            empty_draws = 0 if got else empty_draws + 1
+            if empty_draws > 10 * len(src.urls):
+                raise DataSpecError(f"{src.name}: no readable samples in any shard")
+
+    def _shuffled(self, raw: Iterator[dict], rng: random.Random) -> Iterator[dict]:
+        if self.shuffle_buffer <= 1:
+            yield from raw
+            return
+        buf: list[dict] = []
+        for sample in raw:
+            if len(buf) < self.shuffle_buffer:
+                buf.append(sample)
+                continue
+            i = rng.randrange(len(buf))
+            buf[i], sample = sample, buf[i]
+            yield sample
+        rng.shuffle(buf)
+        yield from buf
+
+    # ---- decoding -------------------------------------------------------------------------
+    def _decode(self, sample: dict, gen_seed: int, stats: Counter) -> dict | None:
+        out = {"key": sample["__key__"]}
+        # Augmentations use torch's and Python's global RNGs; fork them so the trainer's streams
+        # (dropout, masking) are untouched when this runs in the main process (num_workers=0).
+        py_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(gen_seed)
+            random.seed(gen_seed)
+            try:
+                for f in self.fields:
+                    out.update(f.decode(sample))
+            except SkipSample as skip:
+                stats[skip.reason] += 1
+                return None
+            finally:
+                random.setstate(py_state)
+        return out
+
+    def _collate(self, items: list[dict]) -> dict:
+        batch = {}
+        custom = set()
+        for f in self.fields:
+            fn = getattr(f, "collate", None)
+            if fn is not None:
+                batch.update(fn(items))
+                custom.update(getattr(f, "collated_keys", ()))
+        for k in items[0]:
+            if k not in custom and k not in batch:
+                batch[k] = collate([it[k] for it in items])
+        return batch
+
+    # ---- iteration ------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[tuple[dict | None, BatchMeta]]:
+        info = get_worker_info()
+        dl_worker = info.id if info is not None else 0
+        n_dl = info.num_workers if info is not None else 1
+        if n_dl != self.logical_workers:
+            raise RuntimeError(f"stream planned for {self.logical_workers} workers but runs with {n_dl}")
+        worker = (dl_worker + self.rotation) % self.logical_workers
+        yield from self.iter_worker(self.epoch, worker, self.starts.get(worker, WorkerStart()))
+
+    def iter_worker(self, epoch: int, worker: int, start: WorkerStart) -> Iterator[tuple[dict | None, BatchMeta]]:
+        plan = self.plans(epoch)[worker]
+        stats = Counter(start.stats)
+        rng = random.Random(epoch_seed(self.seed, epoch, self.rank, worker))
+
+        def on_error(reason: str, detail: str) -> None:
+            stats[reason] += 1
+
+        emitted, batches = 0, start.batches
+        items: list[dict] = []
+        stream = self._samples(plan, rng, on_error)
+        finished_early = False
+        if batches >= plan.batches:
+            stream, emitted, finished_early = iter(()), start.emitted, True
+        for sample in stream:
+            emitted += 1
+            if emitted <= start.emitted:
+                continue  # replaying up to the resume position: no decoding
+            item = self._decode(sample, epoch_seed(self.seed, epoch, self.rank, worker, emitted), stats)
+            if item is None:
+                continue
+            stats["samples"] += 1
+            items.append(item)
+            if len(items) == self.batch_size:
+                batches += 1
+                yield self._collate(items), BatchMeta(epoch, worker, emitted, batches, dict(stats))
+                items = []
+                if batches >= plan.batches:
+                    finished_early = True
+                    break
+        if items and batches < plan.batches and not self.drop_last:
+            batches += 1
+            yield self._collate(items), BatchMeta(epoch, worker, emitted, batches, dict(stats))
+            items = []
+        if batches < plan.batches and self.drop_last:
+            raise DataSpecError(
+                f"worker {worker} of rank {self.rank} found no usable samples to fill its batches "
+                f"(skipped: {dict(stats)})"
+            )
+        # Nothing leaves silently: decoded samples that did not fill a batch, and samples of the
+        # piece never read (drop_last spares), are counted. Samples the manifest promised but the
+        # shard did not hold (a truncated tar) are counted as unread.
+        if items:
+            stats["dropped_tail"] += len(items)
+        if not self.resampled and plan.samples > emitted:
+            stats["dropped_tail" if finished_early else "unread_samples"] += plan.samples - emitted
+        yield None, BatchMeta(epoch, worker, emitted, batches, dict(stats), done=True)

@@ -1,0 +1,50 @@
+"""Multi-view transforms: SimCLR-style pairs and DINO-style multi-crop.
+
+Both are transforms PIL -> list of `[C,H,W]` tensors; use them as `ImageField(..., out_key="views")`.
+The batch then holds `views`: a list of `[B,C,H,W]` tensors, global crops first.
+"""
+from __future__ import annotations
+
+from torchvision.transforms import v2
+
+from .image import to_tensor
+
+
+def ssl_augment(size: int, scale=(0.08, 1.0), blur: float = 0.5, solarize: float = 0.0) -> v2.Compose:
+    """The SimCLR/BYOL augmentation: crop, flip, colour jitter, grayscale, blur, optional solarize."""
+    steps = [
+        v2.RandomResizedCrop(size, scale=scale, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+        v2.RandomGrayscale(p=0.2),
+    ]
+    if blur > 0:
+        kernel = max(3, (size // 10) | 1)  # about 10% of the image, odd
+        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=blur))
+    if solarize > 0:
+        steps.append(v2.RandomSolarize(threshold=128, p=solarize))
+    return v2.Compose(steps + [to_tensor()])
+
+
+class TwoViews:
+    """Two independent augmentations of one image (SimCLR, MoCo, BYOL, SimSiam, Barlow Twins, VICReg)."""
+
+    def __init__(self, first, second=None):
+        self.first = first
+        self.second = second or first
+
+    def __call__(self, img):
+        return [self.first(img), self.second(img)]
+
+
+class MultiCrop:
+    """`n_global` large crops then `n_local` small crops (DINO, SwAV)."""
+
+    def __init__(self, global_size=224, local_size=96, n_global=2, n_local=6,
+                 global_scale=(0.4, 1.0), local_scale=(0.05, 0.4)):
+        self.global_t = ssl_augment(global_size, global_scale)
+        self.local_t = ssl_augment(local_size, local_scale)
+        self.n_global, self.n_local = n_global, n_local
+
+    def __call__(self, img):
+        return [self.global_t(img) for _ in range(self.n_global)] + [self.local_t(img) for _ in range(self.n_local)]

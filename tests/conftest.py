@@ -1,0 +1,97 @@
+"""Shared fixtures: small corpora built at test time from real files that Debian packages install.
+
+`make test` installs the packages (tuxpaint-stamps-default, opencv-doc). Without them these
+fixtures fail with the command to run, rather than skipping the tests that need real data.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+STAMPS = Path("/usr/share/tuxpaint/stamps")
+OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
+
+
+def require(path: Path, package: str) -> Path:
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run `make test` (it installs the Debian package {package})")
+    return path
+
+
+def make_shards(*args, check=True) -> subprocess.CompletedProcess:
+    """Run tools/make_shards.py as users do, in a subprocess."""
+    cmd = [sys.executable, str(ROOT / "tools" / "make_shards.py"), *map(str, args), "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"make_shards failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def stamp_tree(tmp_path_factory) -> Path:
+    """Real photos in 3 class folders (12 each), plus one corrupt png and one truncated jpg."""
+    require(STAMPS, "tuxpaint-stamps-default")
+    root = tmp_path_factory.mktemp("stamps")
+    for cls in ("animals", "food", "vehicles"):
+        pngs = sorted((STAMPS / cls).rglob("*.png"))[:12]
+        (root / cls).mkdir()
+        for p in pngs:
+            shutil.copy(p, root / cls / p.name)
+            txt = p.with_suffix(".txt")
+            if txt.exists():
+                shutil.copy(txt, root / cls / txt.name)
+    (root / "animals" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png")
+    from PIL import Image
+
+    img = Image.open(sorted((root / "food").glob("*.png"))[0]).convert("RGB")
+    img.save(root / "food" / "cut.jpg", quality=90)
+    data = (root / "food" / "cut.jpg").read_bytes()
+    (root / "food" / "cut.jpg").write_bytes(data[: len(data) // 3])
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_shards(stamp_tree, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("image_shards") / "out"
+    make_shards("images", stamp_tree, out, "--samples-per-shard", "5", "--val-fraction", "0.2")
+    return out
+
+
+@pytest.fixture(scope="session")
+def sounds(tmp_path_factory) -> list[Path]:
+    """Six real animal sounds (ogg) from Tux Paint."""
+    require(STAMPS, "tuxpaint-stamps-default")
+    oggs = sorted(p for p in (STAMPS / "animals").rglob("*.ogg") if "_desc" not in p.name)
+    return oggs[:6]
+
+
+@pytest.fixture(scope="session")
+def video_dir(tmp_path_factory, stamp_tree, sounds) -> Path:
+    """Motion clips with real sounds in two class folders, a real avi without audio, and a corrupt mp4."""
+    import soundfile
+
+    from motion_clips import render_frames, write_clip
+
+    root = tmp_path_factory.mktemp("videos")
+    pngs = sorted((STAMPS / "animals").rglob("*.png"))
+    for i, motion in enumerate(("pan_left", "zoom_in")):
+        (root / motion).mkdir()
+        for j in range(3):
+            wave, rate = soundfile.read(str(sounds[i * 3 + j]), dtype="float32", always_2d=True)
+            frames = render_frames(pngs[i * 3 + j], motion, size=64, frames=12)
+            write_clip(root / motion / f"clip{j}.mp4", frames, 6, wave.mean(1)[: rate * 2], rate)
+    require(OPENCV_DATA, "opencv-doc")
+    os.symlink(OPENCV_DATA / "vtest.avi", root / "vtest.avi")
+    (root / "pan_left" / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
+    return root

@@ -1,0 +1,510 @@
+#!/usr/bin/env python
+"""Turn raw corpora into mmssl shards: OUT/{train,val}-NNNNNN.tar + manifest.json + sizes.json.
+
+    python tools/make_shards.py images     SRC_DIR OUT   # first-level subfolder = class
+    python tools/make_shards.py captions   TABLE   OUT   # csv/tsv/jsonl: path + caption columns
+    python tools/make_shards.py videos     SRC     OUT   # folder of classes, or a table
+    python tools/make_shards.py audio      SRC     OUT   # folder of classes, or a table
+    python tools/make_shards.py webdataset SRC     OUT   # re-shard + validate existing tars (img2dataset, ...)
+
+Unusable inputs (corrupt media, unreadable paths, empty captions) are skipped and listed in the
+manifest's `skipped`. Exit status: 0 when at least one sample was written, 1 when none was, 2 for a
+missing source or a bad option. After a crash or `kill -9`, run the same command with `--resume`.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from multiprocessing import Pool
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmssl.data.audio import AUDIO_EXTENSIONS  # noqa: E402
+from mmssl.data.image import IMAGE_EXTENSIONS  # noqa: E402
+from mmssl.data.video import VIDEO_EXTENSIONS  # noqa: E402
+
+AUDIO_INPUTS = AUDIO_EXTENSIONS + ("m4a", "aac", "aiff", "aif")
+# Members that could execute code when loaded by a careless reader: never copied into our shards.
+UNSAFE_MEMBERS = {"pyd", "pickle", "pkl", "pth", "pt", "joblib", "npy", "npz"}
+
+
+class UsageError(Exception):
+    """Bad source or option: printed as one line, exit status 2."""
+
+
+@dataclass
+class Item:
+    """One input: a file (or an existing shard sample) plus what is known about it."""
+
+    key: str
+    path: str  # shown in `skipped`
+    kind: str  # image | video | audio | sample
+    src: object = None  # a Path, or for `webdataset` the raw sample dict
+    label: int | None = None
+    caption: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+# ---- keys and splits -------------------------------------------------------------------------
+def make_key(rel_path: str) -> str:
+    """Stable, unique, dot-free key: a readable slug of the path plus 8 hex digits of its hash."""
+    stem = rel_path.rsplit(".", 1)[0] if "." in os.path.basename(rel_path) else rel_path
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_")[-60:] or "x"
+    return f"{slug}_{hashlib.sha1(rel_path.encode()).hexdigest()[:8]}"
+
+
+def split_of(key: str, val_fraction: float, seed: int) -> str:
+    """Deterministic train/val assignment by key hash (clips of one video share their parent's)."""
+    if val_fraction <= 0:
+        return "train"
+    h = int(hashlib.sha1(f"{seed}:{key}".encode()).hexdigest()[:12], 16) / float(1 << 48)
+    return "val" if h < val_fraction else "train"
+
+
+def ext_of(path: str) -> str:
+    e = os.path.splitext(path)[1].lower().lstrip(".")
+    return "jpg" if e == "jpeg" else e
+
+
+# ---- enumerating inputs ----------------------------------------------------------------------
+def list_folder(src: Path, exts: tuple[str, ...], kind: str) -> tuple[list[Item], list[str]]:
+    """Files under `src`; a first-level subfolder names the class (files at the top have none)."""
+    if not src.is_dir():
+        raise UsageError(f"source folder not found: {src}")
+    subdirs = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+    labels = subdirs
+    items = []
+    for path in sorted(src.rglob("*")):
+        if not path.is_file() or path.name.startswith(".") or ext_of(path.name) not in exts:
+            continue
+        rel = path.relative_to(src).as_posix()
+        top = rel.split("/", 1)[0] if "/" in rel else None
+        label = labels.index(top) if top in labels else None
+        items.append(Item(make_key(rel), rel, kind, path, label, None, {"label": top} if top else {}))
+    return items, labels if any(i.label is not None for i in items) else []
+
+
+def read_table(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise UsageError(f"table not found: {path}")
+    suffix = path.suffix.lower()
+    text = path.read_text(encoding="utf-8-sig")
+    if suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exn:
+                    raise UsageError(f"{path}:{n}: not JSON ({exn.msg})") from None
+        return rows
+    if suffix in (".csv", ".tsv"):
+        return list(csv.DictReader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ","))
+    raise UsageError(f"table must be .csv, .tsv or .jsonl: {path}")
+
+
+def list_table(table: Path, path_col: str, caption_col: str | None, kinds: dict[str, str]) -> tuple[list[Item], list[str]]:
+    rows = read_table(table)
+    if not rows:
+        raise UsageError(f"table has no rows: {table}")
+    for col in (path_col, caption_col):
+        if col and col not in rows[0]:
+            raise UsageError(f"table {table} has no column '{col}' (columns: {', '.join(rows[0])})")
+    label_names = sorted({str(r["label"]) for r in rows if r.get("label") not in (None, "")})
+    items = []
+    for row in rows:
+        rel = str(row[path_col])
+        kind = kinds.get(ext_of(rel), "unknown")
+        extra = {k: v for k, v in row.items() if k not in (path_col, caption_col)}
+        label = label_names.index(str(row["label"])) if row.get("label") not in (None, "") else None
+        caption = None if caption_col is None else str(row.get(caption_col) or "")
+        items.append(Item(make_key(rel), rel, kind, table.parent / rel, label, caption, extra))
+    return items, label_names
+
+
+def list_shards(src: str) -> list[Item]:
+    from mmssl.data.reader import read_segment
+    from mmssl.data.shards import Segment, expand_pattern
+
+    if os.path.isdir(src):
+        urls = sorted(str(p) for p in Path(src).glob("*.tar"))
+    else:
+        urls = expand_pattern(src)
+    if not urls:
+        raise UsageError(f"no .tar shards in {src}")
+    for u in urls:
+        if not os.path.exists(u):
+            raise UsageError(f"shard not found: {u}")
+    items = []
+    for url in urls:
+        damaged = []
+
+        def on_error(reason, detail, damaged=damaged):
+            damaged.append((reason, detail))
+
+        for sample in read_segment(Segment(url, 0, 1 << 62), None, on_error):
+            key = re.sub(r"[^A-Za-z0-9_/-]+", "_", sample["__key__"]).replace("/", "_")
+            items.append(Item(key, f"{os.path.basename(url)}:{sample['__key__']}", "sample", sample))
+        for reason, detail in damaged:
+            items.append(Item(f"__damaged_{len(items)}", url, "damaged", None, extra={"reason": f"{reason}: {detail}"}))
+    return items
+
+
+# ---- encoding one input (runs in worker processes) ----------------------------------------------
+class Skip(Exception):
+    pass
+
+
+def encode_image_bytes(data: bytes, ext: str, opts: dict) -> tuple[bytes, str, dict]:
+    from PIL import Image
+
+    from mmssl.data.image import decode_image
+
+    try:
+        img = decode_image(data)
+    except Exception as exn:  # noqa: BLE001 - Pillow raises many types for corrupt files
+        detail = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exn))[:120]
+        raise Skip(f"corrupt image: {detail}") from None
+    fmt = opts.get("format")
+    if opts.get("max_size") and max(img.size) > opts["max_size"]:
+        img.thumbnail((opts["max_size"], opts["max_size"]), Image.BICUBIC)
+        fmt = fmt or ("png" if ext == "png" else "jpg")
+    if fmt:
+        buf = io.BytesIO()
+        img.save(buf, format={"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}[fmt], quality=90)
+        data, ext = buf.getvalue(), fmt
+    return data, ext, {"width": img.size[0], "height": img.size[1]}
+
+
+def encode_audio_file(path: Path, opts: dict) -> tuple[bytes, dict]:
+    import numpy as np
+    import soundfile
+    import torch
+    import torchaudio
+
+    from mmssl.data.transcode import MediaError, decode_any_audio, encode_flac
+
+    try:
+        wave, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        wave = wave.mean(axis=1)
+    except Exception:  # noqa: BLE001 - not a libsndfile format: let FFmpeg try
+        try:
+            wave, rate = decode_any_audio(path)
+        except MediaError as exn:
+            raise Skip(f"corrupt audio: {exn}") from None
+    if wave.size == 0:
+        raise Skip("corrupt audio: no samples")
+    target = opts["sample_rate"]
+    if rate != target:
+        wave = torchaudio.functional.resample(torch.from_numpy(np.ascontiguousarray(wave)), rate, target).numpy()
+    return encode_flac(wave, target), {"sample_rate": target, "duration": round(wave.size / target, 3)}
+
+
+def encode_video_file(path: Path, opts: dict) -> list[tuple[bytes, dict]]:
+    from mmssl.data.transcode import MediaError, probe_video, transcode_video
+
+    normalise = any(opts.get(k) for k in ("max_seconds", "fps", "max_size", "clip_seconds"))
+    try:
+        if not normalise and ext_of(str(path)) == "mp4":
+            info = probe_video(path)
+            meta = {"duration": round(info.duration, 3), "fps": round(info.fps, 3), "width": info.width,
+                    "height": info.height, "has_audio": info.has_audio}
+            return [(path.read_bytes(), meta)]
+        return transcode_video(path, max_seconds=opts.get("max_seconds"), fps=opts.get("fps"),
+                               max_size=opts.get("max_size"), clip_seconds=opts.get("clip_seconds"))
+    except MediaError as exn:
+        raise Skip(f"corrupt video: {exn}") from None
+
+
+def _base_members(item: Item) -> tuple[dict, dict]:
+    members: dict[str, bytes] = {}
+    meta = {"source": item.path, **item.extra}
+    if item.label is not None:
+        members["cls"] = str(item.label).encode()
+    if item.caption is not None:
+        caption = item.caption.strip()
+        if not caption:
+            raise Skip("empty caption")
+        members["txt"] = caption.encode("utf-8")
+    return members, meta
+
+
+def encode_sample(item: Item, opts: dict) -> list[tuple[str, dict, dict]]:
+    """Item -> [(key, members, stats)] (several for a video cut into clips)."""
+    text_stats = {"text": {"chars": len(item.caption.strip())}} if item.caption else {}
+    if item.kind == "sample":
+        return [encode_shard_sample(item, opts)]
+    if item.kind == "damaged":
+        raise Skip(item.extra["reason"])
+    if item.kind == "unknown":
+        raise Skip(f"unsupported file type: .{ext_of(item.path)}")
+    members, meta = _base_members(item)
+    path = Path(item.src)
+    if not path.is_file():
+        raise Skip("unreadable path: no such file")
+    if item.kind == "image":
+        try:
+            data = path.read_bytes()
+        except OSError as exn:
+            raise Skip(f"unreadable path: {exn.strerror}") from None
+        data, ext, dims = encode_image_bytes(data, ext_of(path.name), opts)
+        members[ext] = data
+        meta.update(dims)
+        return [(item.key, {**members, "json": json.dumps(meta).encode()}, {"image": dims, **text_stats})]
+    if item.kind == "audio":
+        flac, info = encode_audio_file(path, opts)
+        meta.update(info)
+        members["flac"] = flac
+        return [(item.key, {**members, "json": json.dumps(meta).encode()}, {"audio": info, **text_stats})]
+    clips = encode_video_file(path, opts)
+    out = []
+    many = bool(opts.get("clip_seconds"))
+    for i, (mp4, info) in enumerate(clips):
+        key = f"{item.key}_{i:03d}" if many else item.key
+        clip_meta = {**meta, **info, **({"clip": i} if many else {})}
+        out.append((key, {**members, "mp4": mp4, "json": json.dumps(clip_meta).encode()}, {"video": info, **text_stats}))
+    return out
+
+
+def encode_shard_sample(item: Item, opts: dict) -> tuple[str, dict, dict]:
+    sample = item.src
+    members = {k: v for k, v in sample.items() if not k.startswith("__")}
+    unsafe = sorted(k for k in members if k.rsplit(".", 1)[-1] in UNSAFE_MEMBERS)
+    for k in unsafe:
+        del members[k]
+    stats: dict = {}
+    images = [k for k in members if k in IMAGE_EXTENSIONS]
+    for k in images:
+        members[k], _, dims = encode_image_bytes(members[k], k, {})
+        stats["image"] = dims
+    if "txt" in members:
+        try:
+            text = members["txt"].decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise Skip("bad caption: not UTF-8") from None
+        if not text:
+            raise Skip("empty caption")
+        stats["text"] = {"chars": len(text)}
+    if "json" in members:
+        try:
+            json.loads(members["json"])
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise Skip("bad json member") from None
+    if "cls" in members:
+        try:
+            int(members["cls"].decode().strip())
+        except (UnicodeDecodeError, ValueError):
+            raise Skip("bad cls member") from None
+    for k in [k for k in members if k in VIDEO_EXTENSIONS]:
+        from mmssl.data.transcode import MediaError, probe_video
+
+        try:
+            info = probe_video(members[k])
+        except MediaError as exn:
+            raise Skip(f"corrupt video: {exn}") from None
+        stats["video"] = {"duration": round(info.duration, 3), "fps": round(info.fps, 3), "has_audio": info.has_audio}
+    if not (set(members) - {"json", "txt", "cls"}) and "txt" not in members:
+        raise Skip(f"no usable members (dropped unsafe: {', '.join(unsafe) or 'none'})")
+    return item.key, members, stats
+
+
+def _worker_init():
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _encode_job(job):
+    item, opts = job
+    try:
+        return item, encode_sample(item, opts), None
+    except Skip as exn:
+        return item, [], str(exn)
+    except Exception as exn:  # noqa: BLE001 - one bad input never stops the run; it is recorded
+        return item, [], f"error: {type(exn).__name__}: {str(exn)[:160]}"
+
+
+# ---- the command -----------------------------------------------------------------------------
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        print(f"make_shards: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="make_shards.py", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    def common(sp):
+        sp.add_argument("source")
+        sp.add_argument("out")
+        sp.add_argument("--samples-per-shard", type=int, default=1000)
+        sp.add_argument("--max-shard-bytes", type=int, default=None, help="start a new shard past this size")
+        sp.add_argument("--workers", type=int, default=1, help="parallel encoding processes")
+        sp.add_argument("--val-fraction", type=float, default=0.0, help="share of inputs in the val split, by key hash")
+        sp.add_argument("--seed", type=int, default=0, help="seed of the val split hash")
+        sp.add_argument("--resume", action="store_true", help="finish an interrupted run into the same OUT")
+        sp.add_argument("--overwrite", action="store_true", help="delete OUT's shards and start again")
+        sp.add_argument("--no-progress", action="store_true")
+        return sp
+
+    s = common(sub.add_parser("images", help="folder tree, first-level subfolder = class"))
+    s.add_argument("--max-size", type=int, help="shrink images whose longer side exceeds this")
+    s.add_argument("--format", choices=["jpg", "png", "webp"], help="re-encode every image to this format")
+
+    s = common(sub.add_parser("captions", help="table of media path + caption"))
+    s.add_argument("--path-col", default="path")
+    s.add_argument("--caption-col", default="caption")
+    s.add_argument("--max-size", type=int)
+    s.add_argument("--format", choices=["jpg", "png", "webp"])
+    s.add_argument("--max-seconds", type=float)
+    s.add_argument("--fps", type=float)
+    s.add_argument("--clip-seconds", type=float)
+    s.add_argument("--sample-rate", type=int, default=16000)
+
+    s = common(sub.add_parser("videos", help="folder of classes, or a table; keeps the audio track"))
+    s.add_argument("--path-col", default="path")
+    s.add_argument("--caption-col", default=None, help="optional caption column of a table")
+    s.add_argument("--max-seconds", type=float, help="keep the first N seconds")
+    s.add_argument("--fps", type=float, help="resample to this frame rate")
+    s.add_argument("--max-size", type=int, help="bound the longer side")
+    s.add_argument("--clip-seconds", type=float, help="cut into consecutive clips <key>_000, <key>_001, ...")
+
+    s = common(sub.add_parser("audio", help="folder of classes, or a table; writes mono FLAC"))
+    s.add_argument("--path-col", default="path")
+    s.add_argument("--caption-col", default=None, help="optional caption or transcript column")
+    s.add_argument("--sample-rate", type=int, default=16000)
+
+    common(sub.add_parser("webdataset", help="re-shard and validate existing WebDataset tars"))
+    return p
+
+
+def check_options(args) -> None:
+    if args.samples_per_shard < 1:
+        raise UsageError(f"--samples-per-shard must be >= 1, got {args.samples_per_shard}")
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise UsageError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
+    for name in ("max_size", "max_seconds", "fps", "clip_seconds", "sample_rate", "max_shard_bytes"):
+        v = getattr(args, name, None)
+        if v is not None and v <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {v}")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume and --overwrite exclude each other")
+
+
+def enumerate_inputs(args) -> tuple[list[Item], list[str]]:
+    kinds = {**{e: "image" for e in IMAGE_EXTENSIONS if e != "jpeg"}, **{e: "video" for e in VIDEO_EXTENSIONS},
+             **{e: "audio" for e in AUDIO_INPUTS}}
+    src = Path(args.source)
+    if args.command == "webdataset":
+        return list_shards(args.source), []
+    if not src.exists():
+        raise UsageError(f"source not found: {src}")
+    if args.command == "captions":
+        return list_table(src, args.path_col, args.caption_col, kinds)
+    kind = {"images": "image", "videos": "video", "audio": "audio"}[args.command]
+    if src.is_file():
+        only = {e: k for e, k in kinds.items() if k == kind}
+        return list_table(src, args.path_col, getattr(args, "caption_col", None), only)
+    exts = {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS, "audio": AUDIO_INPUTS}[kind]
+    return list_folder(src, tuple(e for e in exts if e != "jpeg") + (("jpeg",) if kind == "image" else ()), kind)
+
+
+def prepare_output(out: Path, args) -> None:
+    from mmssl.data.writer import JOURNAL
+
+    out.mkdir(parents=True, exist_ok=True)
+    existing = list(out.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar")) + list(out.glob(JOURNAL))
+    if existing and not args.resume:
+        if not args.overwrite:
+            raise UsageError(f"{out} already holds shards: pass --resume to finish that run or --overwrite to start again")
+        for p in existing + [out / "manifest.json", out / "sizes.json"]:
+            p.unlink(missing_ok=True)
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    from mmssl.data.writer import Journal, ShardWriter, write_manifest
+
+    check_options(args)
+    items, labels = enumerate_inputs(args)
+    out = Path(args.out)
+    prepare_output(out, args)
+    journal = Journal(out, resume=args.resume)
+    done_items = {k for rec in journal.shards.values() for k in rec.get("items", [])}
+    done_keys = journal.done_keys()
+    todo = [it for it in items if it.key not in done_items]
+    opts = {k: getattr(args, k, None) for k in ("max_size", "format", "max_seconds", "fps", "clip_seconds", "sample_rate")}
+    writers = {
+        split: ShardWriter(out, split, journal, args.samples_per_shard, args.max_shard_bytes, journal.next_index(split))
+        for split in ("train", "val")
+    }
+    started, written, skipped = time.time(), 0, Counter()
+    jobs = ((it, opts) for it in todo)
+    pool = Pool(args.workers, initializer=_worker_init) if args.workers > 1 else None
+    results = pool.imap(_encode_job, jobs, chunksize=1) if pool else map(_encode_job, jobs)
+    bar = tqdm(results, total=len(todo), unit="input", desc=f"{args.command} -> {out}", disable=args.no_progress,
+               file=sys.stderr, dynamic_ncols=True)
+    try:
+        for item, samples, reason in bar:
+            if reason:
+                journal.add_skip(item.path, reason)
+                skipped[reason.split(":")[0]] += 1
+                continue
+            writer = writers[split_of(item.key, args.val_fraction, args.seed)]
+            fresh = [s for s in samples if s[0] not in done_keys]  # --resume keeps earlier copies
+            for i, (key, members, stats) in enumerate(fresh):
+                writer.write(key, members, stats, completes_item=item.key if i == len(fresh) - 1 else None)
+                written += 1
+    finally:
+        if pool:
+            pool.terminate()
+        for w in writers.values():
+            w.flush()
+    options = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "no_progress")}
+    manifest = write_manifest(out, journal, labels, str(args.source), options)
+    journal.close()
+    report(manifest, out, written, skipped, time.time() - started, len(items) - len(todo))
+    total = sum(s["count"] for s in manifest["splits"].values())
+    return 0 if total > 0 else 1
+
+
+def report(manifest: dict, out: Path, written: int, skipped: Counter, seconds: float, already: int) -> None:
+    lines = [f"wrote {written} samples in {seconds:.1f}s ({written / max(seconds, 1e-9):.1f} samples/s)"
+             + (f"; {already} inputs were already done (--resume)" if already else "")]
+    for split, entry in manifest["splits"].items():
+        lines.append(f"  {split}: {entry['count']} samples in {len(entry['shards'])} shards, "
+                     f"{entry['bytes'] / 1e6:.1f} MB -> {out / entry['pattern']}")
+    if manifest["skipped"]:
+        by_reason = ", ".join(f"{r}: {n}" for r, n in Counter(
+            s["reason"].split(":")[0] for s in manifest["skipped"]).most_common())
+        lines.append(f"  skipped {len(manifest['skipped'])} inputs ({by_reason}); see manifest.json 'skipped'")
+    if not manifest["splits"]:
+        lines.append("  no sample could be written")
+    print("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as exn:
+        print(f"make_shards: error: {exn}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
