@@ -9,14 +9,13 @@ are zero-padded at the end.
 from __future__ import annotations
 
 import io
-import random
 
 import numpy as np
 import soundfile
 import torch
 import torchaudio
 
-from .fields import SkipSample, member
+from .fields import SkipSample, member, randint
 
 AUDIO_EXTENSIONS = ("flac", "wav", "ogg", "mp3", "opus")
 
@@ -93,7 +92,7 @@ class AudioField:
             raise SkipSample("silent_audio", key)
         if wave.numel() > self.length:
             extra = wave.numel() - self.length
-            start = random.randrange(extra + 1) if self.train else extra // 2
+            start = randint(extra + 1) if self.train else extra // 2
             wave = wave[start : start + self.length]
         elif wave.numel() < self.length:
             wave = torch.nn.functional.pad(wave, (0, self.length - wave.numel()))

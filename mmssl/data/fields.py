@@ -43,6 +43,15 @@ class LabelField:
             raise SkipSample("bad_label", f"{sample['__key__']}: {raw[:20]!r}") from None
 
 
+def randint(high: int) -> int:
+    """Uniform integer in [0, high) from torch's generator, which the stream seeds per sample.
+
+    Fields draw all their randomness from torch, so that seeding one generator per sample makes
+    augmentations repeat exactly after a resume.
+    """
+    return int(torch.randint(high, ())) if high > 1 else 0
+
+
 def collate(values: list) -> object:
     """Stack tensors and numbers, stack list-of-tensor entries position-wise, keep anything else as a list."""
     first = values[0]

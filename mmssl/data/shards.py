@@ -184,6 +184,17 @@ def epoch_seed(seed: int, epoch: int, *parts: int) -> int:
     return random.Random(repr((seed, epoch) + parts)).getrandbits(63)
 
 
+def sample_seed(*parts: int) -> int:
+    """A cheap 63-bit seed from small non-negative ints (splitmix64 mixing), used once per sample."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (p + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFFFFFF
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h >> 1
+
+
 def shard_order(n_shards: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
     order = list(range(n_shards))
     if shuffle:

@@ -22,7 +22,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .fields import SkipSample, collate
 from .reader import read_segment
-from .shards import DataSpecError, Segment, Source, WorkerPlan, epoch_seed, plan_epoch
+from .shards import DataSpecError, Segment, Source, WorkerPlan, epoch_seed, plan_epoch, sample_seed
 
 
 @dataclass
@@ -176,20 +176,21 @@ class ShardStream(IterableDataset):
     # ---- decoding -------------------------------------------------------------------------
     def _decode(self, sample: dict, gen_seed: int, stats: Counter) -> dict | None:
         out = {"key": sample["__key__"]}
-        # Augmentations use torch's and Python's global RNGs; fork them so the trainer's streams
-        # (dropout, masking) are untouched when this runs in the main process (num_workers=0).
-        py_state = random.getstate()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(gen_seed)
-            random.seed(gen_seed)
-            try:
-                for f in self.fields:
-                    out.update(f.decode(sample))
-            except SkipSample as skip:
-                stats[skip.reason] += 1
-                return None
-            finally:
-                random.setstate(py_state)
+        # Fields draw their randomness from torch's global generator (torchvision v2 does too).
+        # Save and restore it so the trainer's streams (dropout, masking) are untouched when this
+        # runs in the main process (num_workers=0). It is seeded directly: `torch.manual_seed`
+        # goes through a dynamo wrapper that costs about a millisecond per call.
+        gen = torch.default_generator
+        torch_state = gen.get_state()
+        gen.manual_seed(gen_seed)
+        try:
+            for f in self.fields:
+                out.update(f.decode(sample))
+        except SkipSample as skip:
+            stats[skip.reason] += 1
+            return None
+        finally:
+            gen.set_state(torch_state)
         return out
 
     def _collate(self, items: list[dict]) -> dict:
@@ -233,7 +234,7 @@ class ShardStream(IterableDataset):
             emitted += 1
             if emitted <= start.emitted:
                 continue  # replaying up to the resume position: no decoding
-            item = self._decode(sample, epoch_seed(self.seed, epoch, self.rank, worker, emitted), stats)
+            item = self._decode(sample, sample_seed(self.seed, epoch, self.rank, worker, emitted), stats)
             if item is None:
                 continue
             stats["samples"] += 1

@@ -9,12 +9,11 @@ video still gives a 16-frame clip. Videos with fewer than `min_frames` frames ar
 from __future__ import annotations
 
 import io
-import random
 
 import torch
 import torch.nn.functional as F
 
-from .fields import SkipSample, member
+from .fields import SkipSample, member, randint
 from .image import IMAGENET_MEAN, IMAGENET_STD
 
 VIDEO_EXTENSIONS = ("mp4", "webm", "mkv", "avi", "mov")
@@ -24,7 +23,7 @@ def clip_indices(n_frames: int, num_frames: int, stride: int, random_start: bool
     """Frame indices of one clip; loops over short videos (see the module docstring)."""
     span = (num_frames - 1) * stride + 1
     if n_frames >= span:
-        start = random.randrange(n_frames - span + 1) if random_start else (n_frames - span) // 2
+        start = randint(n_frames - span + 1) if random_start else (n_frames - span) // 2
     else:
         start = 0
     return [(start + i * stride) % n_frames for i in range(num_frames)]
@@ -43,8 +42,8 @@ def resize_crop(frames: torch.Tensor, size: int, random_crop: bool) -> torch.Ten
     scale = size / min(h, w)
     nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
     frames = F.interpolate(frames, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-    top = random.randrange(nh - size + 1) if random_crop else (nh - size) // 2
-    left = random.randrange(nw - size + 1) if random_crop else (nw - size) // 2
+    top = randint(nh - size + 1) if random_crop else (nh - size) // 2
+    left = randint(nw - size + 1) if random_crop else (nw - size) // 2
     return frames[:, :, top : top + size, left : left + size]
 
 
@@ -88,6 +87,6 @@ class VideoField:
         frames = self.read_clip(data, sample["__key__"])
         x = frames.permute(0, 3, 1, 2).float().div_(255)
         x = resize_crop(x, self.size, random_crop=self.train)
-        if self.train and random.random() < 0.5:
+        if self.train and randint(2) == 1:
             x = x.flip(-1)
         return {self.out_key: (x - self.mean) / self.std}

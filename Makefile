@@ -1,0 +1,44 @@
+# Two commands matter (see README.md):  make demo   and   make test
+# Both create or reuse .venv, install what they need (Debian packages included) and can be rerun.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mmssl-installed
+# Real data and media for the default corpus and the tests (see ../shared/ENVIRONMENT.md).
+APT_PACKAGES := tuxpaint-stamps-default opencv-doc
+
+.PHONY: demo test test-fast bench system-deps setup corpus
+
+system-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,tools]'
+	touch $@
+
+setup: system-deps $(STAMP)
+
+corpus: setup
+	$(PY) tools/build_default_corpus.py --out shards
+
+# The main job: build the default corpus from real packaged data and stream it.
+demo: corpus
+	$(PY) tools/inspect_shards.py shards/default_images --fields image,text,label --preview runs/demo/images_preview.png
+	$(PY) tools/inspect_shards.py shards/default_videos --fields video,audio,label --preview runs/demo/videos_preview.png
+
+# Every test, the slow end-to-end ones included (CI runs this).
+test: setup
+	$(PY) -m pytest -q -m "slow or not slow" -p no:cacheprovider
+
+# The fast subset, for the edit-test loop.
+test-fast: setup
+	$(PY) -m pytest -q
+
+bench: corpus
+	$(PY) benchmarks/data_pipeline.py
