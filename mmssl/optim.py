@@ -1,0 +1,77 @@
+"""Optimisers and step-counted schedules shared by every recipe.
+
+- `param_groups`: no weight decay on biases and normalisation parameters (1-D tensors), as in
+  every modern SSL recipe.
+- `LARS` (You et al. 2017, https://arxiv.org/abs/1708.03888): SGD with momentum and a per-layer
+  trust ratio, skipped for the no-decay group as in SimCLR/BYOL.
+- `warmup_cosine`: linear warmup, then cosine decay to `final_ratio * lr`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "lars_exclude": True})
+    return groups
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD + momentum whose update of each tensor is scaled by eta * ||w|| / ||g + wd * w||."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, eta: float = 0.001):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, lars_exclude=False))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if not group["lars_exclude"]:
+                    g = g.add(p, alpha=group["weight_decay"])
+                    w_norm, g_norm = torch.norm(p), torch.norm(g)
+                    trust = torch.where((w_norm > 0) & (g_norm > 0), group["eta"] * w_norm / g_norm, torch.ones_like(w_norm))
+                    g = g.mul(trust)
+                buf = self.state[p].get("momentum_buffer")
+                if buf is None:
+                    buf = self.state[p]["momentum_buffer"] = torch.clone(g).detach()
+                else:
+                    buf.mul_(group["momentum"]).add_(g)
+                p.add_(buf, alpha=-group["lr"])
+        return loss
+
+
+def build_optimizer(module: torch.nn.Module, name: str, lr: float, weight_decay: float, betas=(0.9, 0.999)):
+    groups = param_groups(module, weight_decay)
+    if name == "adamw":
+        for g in groups:
+            g.pop("lars_exclude", None)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+    if name == "lars":
+        return LARS(groups, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be 'adamw' or 'lars', got '{name}'")
+
+
+def warmup_cosine(step: int, total: int, warmup: int, final_ratio: float = 0.0) -> float:
+    """Multiplier of the base lr at `step` (0-based)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def cosine_schedule(progress: float, start: float, end: float) -> float:
+    """A value moving from `start` to `end` along a half cosine as progress goes 0 -> 1 (EMA momentum)."""
+    return end - (end - start) * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
