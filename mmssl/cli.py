@@ -7,6 +7,13 @@ from pathlib import Path
 from . import dist
 
 
+def last_line(exn: BaseException) -> str:
+    """The message itself: an error raised in a DataLoader worker arrives wrapped in its traceback."""
+    text = str(exn).strip().splitlines()[-1] if str(exn).strip() else type(exn).__name__
+    prefix = f"{type(exn).__module__}.{type(exn).__name__}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
 def run_main(main, argv=None) -> None:
     """Call `main(argv)`; turn known user errors into one line on stderr (rank 0) and an exit code."""
     from .config import ConfigError
@@ -19,7 +26,7 @@ def run_main(main, argv=None) -> None:
         code = main(argv)
     except (ConfigError, DataSpecError, EncoderSpecError) as exn:
         if dist.rank() == 0:
-            print(f"{prog}: error: {exn}", file=sys.stderr)
+            print(f"{prog}: error: {last_line(exn)}", file=sys.stderr)
         sys.exit(2)
     except TrainingDiverged as exn:
         if dist.rank() == 0:

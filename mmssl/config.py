@@ -37,6 +37,11 @@ def _check_type(key: str, value, default):
         if isinstance(value, bool):
             return value
         raise ConfigError(f"config field '{key}' must be true or false, got {value!r}")
+    if isinstance(default, float) and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "3e-4" as a string
+        except ValueError:
+            pass
     if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if isinstance(default, int) and isinstance(value, int) and not isinstance(value, bool):

@@ -138,47 +138,49 @@ def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=Non
     last_eval: dict = {}
     window_start, window_steps = time.perf_counter(), 0
     model.train()
-    while step < max_steps:
-        logs: dict[str, float] = {}
-        for micro in range(accum):
-            batch = _to_device(next(stream), accelerator.device)
-            sync = micro == accum - 1
-            with accelerator.no_sync(model) if not sync and accelerator.num_processes > 1 else nullcontext():
-                with accelerator.autocast():
-                    out = model(batch, progress=step / max_steps)
-                loss = out["loss"]
-                bad = torch.tensor(0.0 if torch.isfinite(loss).all() else 1.0, device=loss.device)
-                if dist.all_reduce_sum(bad).item() > 0:
-                    raise TrainingDiverged(
-                        f"loss became {_scalar(loss)} at step {step + 1}; stopped. "
-                        f"Last good checkpoint: {last_ckpt or 'none'}")
-                accelerator.backward(loss / accum)
-            for k, v in out.items():
-                logs[k] = logs.get(k, 0.0) + _scalar(v) / accum
-        if cfg["grad_clip"] > 0:
-            logs["grad_norm"] = _scalar(accelerator.clip_grad_norm_(model.parameters(), cfg["grad_clip"]))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        step += 1
-        window_steps += 1
-        after = getattr(unwrapped, "after_step", None)
-        if after is not None:
-            after(step / max_steps)
-        bar.update(1)
-        bar.set_postfix(loss=f"{logs['loss']:.4f}")
-        if step % cfg["log_every"] == 0 or step == max_steps:
-            elapsed = time.perf_counter() - window_start
-            record = {"step": step, **logs, "lr": scheduler.get_last_lr()[0],
-                      "samples_per_s": window_steps * global_batch / max(elapsed, 1e-9), "epoch": loader.epoch}
-            metrics.write(record)
-            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
-            window_start, window_steps = time.perf_counter(), 0
-        if cfg["save_every"] and (step % cfg["save_every"] == 0 or step == max_steps):
-            last_ckpt = checkpoint.save(accelerator, ckpt_root, step, scheduler, loader, cfg["keep_checkpoints"])
-        if evaluate is not None and ((cfg["eval_every"] and step % cfg["eval_every"] == 0) or step == max_steps):
-            last_eval = _run_eval(accelerator, model, unwrapped, evaluate, step, metrics)
-    bar.close()
+    try:
+        while step < max_steps:
+            logs: dict[str, float] = {}
+            for micro in range(accum):
+                batch = _to_device(next(stream), accelerator.device)
+                sync = micro == accum - 1
+                with accelerator.no_sync(model) if not sync and accelerator.num_processes > 1 else nullcontext():
+                    with accelerator.autocast():
+                        out = model(batch, progress=step / max_steps)
+                    loss = out["loss"]
+                    bad = torch.tensor(0.0 if torch.isfinite(loss).all() else 1.0, device=loss.device)
+                    if dist.all_reduce_sum(bad).item() > 0:
+                        raise TrainingDiverged(
+                            f"loss became {_scalar(loss)} at step {step + 1}; stopped. "
+                            f"Last good checkpoint: {last_ckpt or 'none'}")
+                    accelerator.backward(loss / accum)
+                for k, v in out.items():
+                    logs[k] = logs.get(k, 0.0) + _scalar(v) / accum
+            if cfg["grad_clip"] > 0:
+                logs["grad_norm"] = _scalar(accelerator.clip_grad_norm_(model.parameters(), cfg["grad_clip"]))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            window_steps += 1
+            after = getattr(unwrapped, "after_step", None)
+            if after is not None:
+                after(step / max_steps)
+            bar.update(1)
+            bar.set_postfix(loss=f"{logs['loss']:.4f}")
+            if step % cfg["log_every"] == 0 or step == max_steps:
+                elapsed = time.perf_counter() - window_start
+                record = {"step": step, **logs, "lr": scheduler.get_last_lr()[0],
+                          "samples_per_s": window_steps * global_batch / max(elapsed, 1e-9), "epoch": loader.epoch}
+                metrics.write(record)
+                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+                window_start, window_steps = time.perf_counter(), 0
+            if cfg["save_every"] and (step % cfg["save_every"] == 0 or step == max_steps):
+                last_ckpt = checkpoint.save(accelerator, ckpt_root, step, scheduler, loader, cfg["keep_checkpoints"])
+            if evaluate is not None and ((cfg["eval_every"] and step % cfg["eval_every"] == 0) or step == max_steps):
+                last_eval = _run_eval(accelerator, model, unwrapped, evaluate, step, metrics)
+    finally:
+        bar.close()
     data_stats = {f"data/{k}": v for k, v in loader.stats.items()}
     metrics.write({"step": step, "event": "end", **data_stats})
     if accelerator.is_main_process:

@@ -95,3 +95,22 @@ def video_dir(tmp_path_factory, stamp_tree, sounds) -> Path:
     os.symlink(OPENCV_DATA / "vtest.avi", root / "vtest.avi")
     (root / "pan_left" / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
     return root
+
+
+@pytest.fixture(scope="session")
+def caption_shards(stamp_tree, tmp_path_factory) -> Path:
+    """The stamp photos with their English captions and category labels, 25% held out as val."""
+    import csv
+
+    table = stamp_tree / "captions.csv"
+    with open(table, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "caption", "label"])
+        for png in sorted(stamp_tree.rglob("*.png")):
+            txt = png.with_suffix(".txt")
+            if txt.exists() and png.name != "broken.png":
+                w.writerow([png.relative_to(stamp_tree).as_posix(), txt.read_text().splitlines()[0],
+                            png.parent.name])
+    out = tmp_path_factory.mktemp("caption_shards") / "out"
+    make_shards("captions", table, out, "--val-fraction", "0.25", "--samples-per-shard", "8")
+    return out

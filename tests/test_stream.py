@@ -255,3 +255,11 @@ def test_only_requested_members_are_read(image_shards):
     sample = next(read_segment(Segment(shard, 0, 10), {"cls"}, lambda *a: None))
     assert set(sample) == {"__key__", "__url__", "cls"}
     assert Counter(len(b["key"]) for b in build_loader(shard, [LabelField()], 1, shuffle=False))
+
+
+def test_a_stream_without_usable_samples_stops_with_the_reason(image_shards):
+    """Image-only shards asked for captions: every sample lacks one; say so instead of spinning."""
+    loader = build_loader(image_shards, [LabelField(), TextField()], 2, num_workers=1)
+    with pytest.raises(DataSpecError) as info:
+        list(loader)
+    assert "too few usable samples" in str(info.value) and "missing_caption" in str(info.value)

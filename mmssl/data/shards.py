@@ -131,6 +131,8 @@ def resolve_source(spec, split: str = "train", weight: float = 1.0) -> Source:
                 name=f"{spec}:{split}",
                 labels=list(manifest.get("labels", [])),
             )
+        if not is_remote(spec) and "{" not in spec and "::" not in spec and not os.path.exists(spec):
+            raise DataSpecError(f"data path not found: {spec} (give a make_shards.py folder, a .tar, or a brace pattern)")
         urls = expand_pattern(spec)
         name = spec
     if not urls:

@@ -117,22 +117,23 @@ class ShardStream(IterableDataset):
         return sum(p.batches for p in self.plans(epoch))
 
     # ---- raw sample order -----------------------------------------------------------------
-    def _samples(self, plan: WorkerPlan, rng: random.Random, on_error) -> Iterator[dict]:
+    def _samples(self, plan: WorkerPlan, rng: random.Random, on_error, stats: Counter) -> Iterator[dict]:
         """Raw samples in this worker's shuffled order.
 
         With drop_last, a worker that corrupt samples left short of full batches reads its piece
         again (a new shuffled pass, counted as `refill_pass`); the iteration stops as soon as its
-        batches are full, so a second pass starts only when it is needed.
+        batches are full, so a second pass starts only when it is needed. A pass that yields no
+        usable sample at all ends the stream (the caller reports why).
         """
         if self.resampled:
             yield from self._shuffled(self._resampled_raw(rng, on_error), rng)
             return
         while True:
-            got = 0
+            got, usable_before = 0, stats["samples"]
             for sample in self._shuffled(self._one_pass(plan, on_error), rng):
                 got += 1
                 yield sample
-            if not self.drop_last or got == 0:
+            if not self.drop_last or got == 0 or stats["samples"] == usable_before:
                 return
             on_error("refill_pass", "worker piece reread to fill its batches")
 
@@ -226,7 +227,7 @@ class ShardStream(IterableDataset):
 
         emitted, batches = 0, start.batches
         items: list[dict] = []
-        stream = self._samples(plan, rng, on_error)
+        stream = self._samples(plan, rng, on_error, stats)
         finished_early = False
         if batches >= plan.batches:
             stream, emitted, finished_early = iter(()), start.emitted, True
@@ -251,9 +252,10 @@ class ShardStream(IterableDataset):
             yield self._collate(items), BatchMeta(epoch, worker, emitted, batches, dict(stats))
             items = []
         if batches < plan.batches and self.drop_last:
+            skipped = ", ".join(f"{k} {v}" for k, v in sorted(stats.items()) if k != "samples")
             raise DataSpecError(
-                f"worker {worker} of rank {self.rank} found no usable samples to fill its batches "
-                f"(skipped: {dict(stats)})"
+                f"{self.sources[0].name}: too few usable samples to fill {plan.batches} batches of {self.batch_size} "
+                f"(rank {self.rank}, worker {worker}: {stats['samples']} usable; skipped: {skipped or 'none'})"
             )
         # Nothing leaves silently: decoded samples that did not fill a batch, and samples of the
         # piece never read (drop_last spares), are counted. Samples the manifest promised but the

@@ -157,6 +157,11 @@ def _load_hf(name: str, modality: str, config: dict, trust_remote_code: bool) ->
         return _tower(AutoModel.from_config(hf_cfg, trust_remote_code=trust_remote_code), modality)
     try:
         hf_cfg = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except ValueError as exn:
+        if "trust_remote_code" in str(exn):
+            raise EncoderSpecError(f"encoder '{name}' needs its own code to load; set trust_remote_code: true "
+                                   "in its spec only if you trust it") from None
+        raise EncoderSpecError(f"cannot load encoder '{name}': {str(exn).splitlines()[0]}") from None
     except OSError as exn:
         where = "folder" if os.path.isdir(name) else "Hub id (offline: set HF_HUB_OFFLINE=0 to download, or give a local folder)"
         raise EncoderSpecError(f"cannot load encoder '{name}' as a Hugging Face {where}: {str(exn).splitlines()[0]}") from None

@@ -1,0 +1,59 @@
+"""Config merging and validation: unknown keys, wrong types, overrides, and recipe exit codes."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from mmssl.config import ConfigError, from_cli, merge
+
+DEFAULTS = {"lr": 0.1, "max_steps": 10, "resume": False, "data": {"train": "a", "val": ""}, "tasks": ["knn"],
+            "model": {"name": "r18", "config": {}}}
+
+
+def test_overrides_are_parsed_as_yaml_and_checked():
+    cfg = merge(DEFAULTS, {"data": {"train": "b"}}, ["lr=3e-4", "resume=true", "tasks=[knn, linear]", "max_steps=5",
+                                                     "model.config.hidden_size=64"])
+    assert cfg["lr"] == 3e-4 and cfg["resume"] is True and cfg["tasks"] == ["knn", "linear"]
+    assert cfg["data"] == {"train": "b", "val": ""} and cfg["max_steps"] == 5
+    assert cfg["model"]["config"] == {"hidden_size": 64}  # free-form dicts take new keys
+    assert DEFAULTS["data"]["train"] == "a"  # defaults are not mutated
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.trian=x", "unknown config key 'data.trian' (did you mean 'data.train'?)"),
+    ("lr=fast", "config field 'lr' must be float, got 'fast'"),
+    ("max_steps=1.5", "config field 'max_steps' must be int, got 1.5"),
+    ("resume=1", "config field 'resume' must be true or false, got 1"),
+    ("lr", "override 'lr' is not of the form key=value"),
+])
+def test_bad_overrides_name_the_field(override, message):
+    with pytest.raises(ConfigError) as info:
+        merge(DEFAULTS, None, [override])
+    assert str(info.value) == message
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        from_cli(DEFAULTS, ["--config", str(tmp_path / "nope.yaml")])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: [unclosed\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        from_cli(DEFAULTS, ["--config", str(bad)])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["data.trian=x"], "unknown config key 'data.trian'"),
+    (["lr=fast"], "config field 'lr' must be float"),
+    (["data.train=/no/such/shards"], "data path not found: /no/such/shards"),
+    (["image_encoder.name=not-a-model-anywhere"], "cannot load encoder 'not-a-model-anywhere'"),
+])
+def test_recipe_reports_bad_config_in_one_line_with_exit_2(args, message, image_shards, tmp_path):
+    cmd = [sys.executable, str(ROOT / "recipes" / "clip.py"), f"output_dir={tmp_path / 'run'}",
+           f"data.train={image_shards}", "tensorboard=false", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
