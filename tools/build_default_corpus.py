@@ -54,6 +54,15 @@ def caption_of(png: Path) -> str:
     return first[0].strip() if first else ""
 
 
+def write_table(path: Path, rows: list[dict]) -> Path:
+    """The CSV that make_shards.py `captions` reads: path (relative to the table), caption, label."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "caption", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
 def stamp_pngs() -> list[Path]:
     return sorted(p for p in STAMPS.rglob("*.png") if not p.name.endswith(("_mirror.png", "_flip.png")))
 
@@ -68,12 +77,7 @@ def stage_images(raw: Path) -> Path:
         if not link.exists():
             link.symlink_to(png)
         rows.append({"path": f"images/{rel.as_posix()}", "caption": caption_of(png), "label": rel.parts[0]})
-    table = raw / "images.csv"
-    with open(table, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "caption", "label"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return table
+    return write_table(raw / "images.csv", rows)
 
 
 def load_sound(path: Path, seconds: float) -> np.ndarray:
@@ -114,12 +118,7 @@ def stage_videos(raw: Path) -> Path:
             else:
                 out.symlink_to(src)
         rows.append({"path": out.relative_to(raw).as_posix(), "caption": caption, "label": ""})
-    table = raw / "videos.csv"
-    with open(table, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["path", "caption", "label"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return table
+    return write_table(raw / "videos.csv", rows)
 
 
 def make_shards(*args: str) -> None:
