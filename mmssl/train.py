@@ -65,9 +65,15 @@ def start(cfg: dict):
 
 
 def _to_device(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else
-            [x.to(device, non_blocking=True) for x in v] if isinstance(v, list) and v and isinstance(v[0], torch.Tensor)
-            else v for k, v in batch.items()}
+    """Move tensors (and lists of tensors, e.g. multi-crop views) to `device`; keep keys and texts."""
+    def move(v):
+        if isinstance(v, torch.Tensor):
+            return v.to(device, non_blocking=True)
+        if isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
+            return [x.to(device, non_blocking=True) for x in v]
+        return v
+
+    return {k: move(v) for k, v in batch.items()}
 
 
 def _scalar(v) -> float:
