@@ -50,3 +50,68 @@ def siglip_loss(image: torch.Tensor, all_text: torch.Tensor, logit_scale: torch.
     idx = torch.arange(image.shape[0], device=image.device)
     labels[idx, idx + offset] = 1.0
     return -F.logsigmoid(labels * logits).sum() / (global_batch or image.shape[0])
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, all_z1: torch.Tensor, all_z2: torch.Tensor, temperature: float,
+            offset: int = 0) -> torch.Tensor:
+    """NT-Xent of SimCLR (Chen et al. 2020, https://arxiv.org/abs/2002.05709) over 2N views.
+
+    z1, z2: [B, D] this rank's two views, L2-normalised; all_z1, all_z2: [N, D] gathered. For view
+    i of the first set, the positive is view i of the second; the negatives are the other 2N - 2
+    views (both sets, itself excluded). Returns the mean over this rank's 2B anchors.
+    """
+    b = z1.shape[0]
+    keys = torch.cat([all_z1, all_z2])  # [2N, D]
+    n = all_z1.shape[0]
+    idx = torch.arange(b, device=z1.device) + offset
+    anchors = torch.cat([z1, z2])  # [2B, D]
+    logits = anchors @ keys.t() / temperature
+    self_mask = torch.zeros_like(logits, dtype=torch.bool)
+    self_mask[torch.arange(b), idx] = True
+    self_mask[torch.arange(b) + b, idx + n] = True
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    target = torch.cat([idx + n, idx])
+    return F.cross_entropy(logits, target)
+
+
+def neg_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Negative cosine similarity with stop-gradient on z (SimSiam, Chen & He 2021,
+    https://arxiv.org/abs/2011.10566; BYOL's loss is 2 + 2 x this). p, z: [B, D] -> scalar."""
+    return -F.cosine_similarity(p, z.detach(), dim=-1).mean()
+
+
+def barlow_twins(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -> torch.Tensor:
+    """Barlow Twins (Zbontar et al. 2021, https://arxiv.org/abs/2103.03230).
+
+    z1, z2: [N, D] (the global batch). C = cross-correlation of the batch-standardised views,
+    loss = sum_i (1 - C_ii)^2 + lambd * sum_{i != j} C_ij^2.
+    """
+    n = z1.shape[0]
+    a = (z1 - z1.mean(0)) / z1.std(0, unbiased=False).clamp(min=1e-6)
+    b = (z2 - z2.mean(0)) / z2.std(0, unbiased=False).clamp(min=1e-6)
+    c = a.t() @ b / n
+    on = (torch.diagonal(c) - 1).pow(2).sum()
+    off = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
+    return on + lambd * off
+
+
+def vicreg(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0,
+           cov_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
+    """VICReg (Bardes et al. 2022, https://arxiv.org/abs/2105.04906). z1, z2: [N, D] -> scalar.
+
+    invariance: mean squared distance; variance: mean over dims of relu(gamma - sqrt(var + eps));
+    covariance: sum of squared off-diagonal covariances / D; each view's terms summed.
+    """
+    n, d = z1.shape
+    inv = F.mse_loss(z1, z2)
+
+    def var_cov(z):
+        z = z - z.mean(0)
+        std = torch.sqrt(z.var(0) + eps)
+        cov = z.t() @ z / (n - 1)
+        off = cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()
+        return F.relu(gamma - std).mean(), off / d
+
+    v1, c1 = var_cov(z1)
+    v2, c2 = var_cov(z2)
+    return sim_weight * inv + var_weight * (v1 + v2) + cov_weight * (c1 + c2)

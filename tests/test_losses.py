@@ -59,3 +59,73 @@ def test_siglip_loss_matches_the_formula():
     assert torch.allclose(got, torch.tensor(ref / 5, dtype=torch.float64))
     halves = [siglip_loss(img[r * 2:(r + 1) * 2 + (r == 1)], txt, t, b, offset=r * 2, global_batch=5) for r in range(2)]
     assert torch.allclose(sum(halves), got)
+
+
+def test_nt_xent_matches_the_formula_over_2n_views():
+    z1, z2 = unit(4, 6, 8), unit(4, 6, 9)
+    t = 0.5
+    views = torch.cat([z1, z2])
+    ref = 0.0
+    for a in range(8):
+        pos = (a + 4) % 8
+        num = math.exp(float(views[a] @ views[pos]) / t)
+        den = sum(math.exp(float(views[a] @ views[k]) / t) for k in range(8) if k != a)
+        ref += -math.log(num / den)
+    from mmssl.losses import nt_xent
+
+    got = nt_xent(z1, z2, z1, z2, t)
+    assert torch.allclose(got, torch.tensor(ref / 8, dtype=torch.float64))
+    assert torch.allclose(got, nt_xent(z2, z1, z2, z1, t))  # symmetric in the two views
+    halves = [nt_xent(z1[r * 2:(r + 1) * 2], z2[r * 2:(r + 1) * 2], z1, z2, t, offset=r * 2) for r in range(2)]
+    assert torch.allclose(sum(halves) / 2, got)
+
+
+def test_neg_cosine_stops_the_gradient_of_the_target():
+    from mmssl.losses import neg_cosine
+
+    p = torch.randn(3, 5, requires_grad=True)
+    z = torch.randn(3, 5, requires_grad=True)
+    loss = neg_cosine(p, z)
+    pd, zd = p.detach(), z.detach()
+    ref = -sum(float(pd[i] @ zd[i] / (pd[i].norm() * zd[i].norm())) for i in range(3)) / 3
+    assert abs(float(loss) - ref) < 1e-6
+    loss.backward()
+    assert z.grad is None and p.grad is not None
+
+
+def test_barlow_twins_matches_the_formula():
+    from mmssl.losses import barlow_twins
+
+    g = torch.Generator().manual_seed(10)
+    z1, z2 = torch.randn(16, 4, generator=g, dtype=torch.float64), torch.randn(16, 4, generator=g, dtype=torch.float64)
+    n, d, lambd = 16, 4, 0.01
+    norm = lambda z: [[(z[k, i] - z[:, i].mean()) / z[:, i].std(unbiased=False) for i in range(d)] for k in range(n)]  # noqa: E731
+    a, b = norm(z1), norm(z2)
+    ref = 0.0
+    for i in range(d):
+        for j in range(d):
+            c = sum(float(a[k][i] * b[k][j]) for k in range(n)) / n
+            ref += (1 - c) ** 2 if i == j else lambd * c ** 2
+    got = barlow_twins(z1, z2, lambd)
+    assert abs(float(got) - ref) < 1e-9
+    assert abs(float(barlow_twins(z2, z1, lambd)) - ref) < 1e-9  # symmetric
+    assert float(barlow_twins(z1, z1, lambd)) < float(got)  # identical views: only redundancy is penalised
+
+
+def test_vicreg_matches_the_formula():
+    from mmssl.losses import vicreg
+
+    g = torch.Generator().manual_seed(11)
+    z1, z2 = torch.randn(8, 3, generator=g, dtype=torch.float64), torch.randn(8, 3, generator=g, dtype=torch.float64)
+    n, d = 8, 3
+    inv = sum(float((z1[k, i] - z2[k, i]) ** 2) for k in range(n) for i in range(d)) / (n * d)
+    terms = []
+    for z in (z1, z2):
+        mean = [float(z[:, i].mean()) for i in range(d)]
+        cov = [[sum((float(z[k, i]) - mean[i]) * (float(z[k, j]) - mean[j]) for k in range(n)) / (n - 1)
+                for j in range(d)] for i in range(d)]
+        var = sum(max(0.0, 1.0 - math.sqrt(cov[i][i] + 1e-4)) for i in range(d)) / d
+        off = sum(cov[i][j] ** 2 for i in range(d) for j in range(d) if i != j) / d
+        terms.append((var, off))
+    ref = 25 * inv + 25 * (terms[0][0] + terms[1][0]) + (terms[0][1] + terms[1][1])
+    assert abs(float(vicreg(z1, z2)) - ref) < 1e-9
