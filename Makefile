@@ -5,14 +5,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mmssl-installed
 # Real data and media for the default corpus and the tests (see ../shared/ENVIRONMENT.md).
-APT_PACKAGES := tuxpaint-stamps-default opencv-doc
+APT_PACKAGES := tuxpaint-stamps-default opencv-doc dataset-fashion-mnist
 MINILM_VERSION := 0.1.0
 RUN := runs/demo
 LAUNCH := $(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
-.PHONY: demo test test-fast bench system-deps setup corpus
+.PHONY: demo test test-fast bench image-ssl-table system-deps setup corpus
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -54,3 +54,9 @@ test-fast: setup
 
 bench: corpus
 	$(PY) benchmarks/data_pipeline.py
+	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/mae_masking.py
+
+# The image SSL results table on Fashion-MNIST (every method pretrained on the CPU; see README).
+image-ssl-table: setup
+	$(PY) benchmarks/image_ssl_table.py

@@ -114,3 +114,16 @@ def caption_shards(stamp_tree, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("caption_shards") / "out"
     make_shards("captions", table, out, "--val-fraction", "0.25", "--samples-per-shard", "8")
     return out
+
+
+@pytest.fixture(scope="session")
+def fashion_shards(tmp_path_factory) -> Path:
+    """Real Fashion-MNIST (Debian dataset-fashion-mnist): 40 train and 10 test images per class,
+    built as users do (tools/build_fashion_mnist.py -> make_shards.py images --split-dirs)."""
+    require(Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"), "dataset-fashion-mnist")
+    out = tmp_path_factory.mktemp("fashion") / "fashion_mnist"
+    cmd = [sys.executable, str(ROOT / "tools" / "build_fashion_mnist.py"), "--out", str(out), "--train-per-class", "40",
+           "--test-per-class", "10", "--workers", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out

@@ -79,6 +79,17 @@ def test_images_round_trip(image_shards, stamp_tree):
     assert set(labels.tolist()) <= {0, 1, 2}
 
 
+def test_split_dirs_keep_the_official_splits(fashion_shards):
+    """An ImageNet-style tree (train/<class>/, test/<class>/): the folders are the splits."""
+    manifest = check_manifest_agrees(fashion_shards)
+    assert set(manifest["splits"]) == {"train", "test"}
+    assert manifest["splits"]["train"]["count"] == 400 and manifest["splits"]["test"]["count"] == 100
+    assert manifest["labels"][:3] == ["ankle_boot", "bag", "coat"] and len(manifest["labels"]) == 10
+    loader = build_loader(fashion_shards, [LabelField()], 50, split="test", shuffle=False, drop_last=False)
+    labels = torch.cat([b["label"] for b in loader])
+    assert torch.bincount(labels, minlength=10).tolist() == [10] * 10
+
+
 def test_keys_are_stable_across_runs(stamp_tree, image_shards, tmp_path):
     make_shards("images", stamp_tree, tmp_path / "again", "--samples-per-shard", "5", "--val-fraction", "0.2",
                 "--workers", "2")
@@ -249,6 +260,8 @@ def test_truncated_input_shard_is_reported(image_shards, tmp_path):
     (["captions", "TABLE", "OUT", "--caption-col", "text"], "has no column 'text'"),
     (["images", "SRC", "OUT", "--val-fraction", "1.5"], "--val-fraction must be in [0, 1)"),
     (["images", "SRC", "OUT", "--bogus"], "unrecognized arguments: --bogus"),
+    (["images", "SRC", "OUT", "--split-dirs"], "--split-dirs: no class folders under the split folders"),
+    (["images", "SRC", "OUT", "--split-dirs", "--val-fraction", "0.1"], "drop --val-fraction"),
 ])
 def test_bad_source_or_option_is_one_line_and_exit_2(args, message, stamp_tree, tmp_path):
     table = tmp_path / "t.csv"

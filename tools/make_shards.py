@@ -53,6 +53,7 @@ class Item:
     label: int | None = None
     caption: str | None = None
     extra: dict = field(default_factory=dict)
+    split: str | None = None  # set by --split-dirs; otherwise chosen by key hash
 
 
 # ---- keys and splits -------------------------------------------------------------------------
@@ -77,20 +78,38 @@ def ext_of(path: str) -> str:
 
 
 # ---- enumerating inputs ----------------------------------------------------------------------
-def list_folder(src: Path, exts: tuple[str, ...], kind: str) -> tuple[list[Item], list[str]]:
-    """Files under `src`; a first-level subfolder names the class (files at the top have none)."""
+def list_folder(src: Path, exts: tuple[str, ...], kind: str, split_dirs: bool = False) -> tuple[list[Item], list[str]]:
+    """Files under `src`; a first-level subfolder names the class (files at the top have none).
+
+    With `split_dirs`, the first level names the split instead (`train/`, `val/`, `test/`, as in
+    ImageNet-style layouts) and the second level names the class.
+    """
     if not src.is_dir():
         raise UsageError(f"source folder not found: {src}")
-    subdirs = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
-    labels = subdirs
+    splits = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if split_dirs:
+        bad = [s for s in splits if not re.fullmatch(r"[A-Za-z0-9_]+", s)]
+        if not splits or bad:
+            raise UsageError(f"--split-dirs: {src} needs split folders named like train/ val/ test/"
+                             + (f", not '{bad[0]}'" if bad else ""))
+        labels = sorted({p.name for s in splits for p in (src / s).iterdir() if p.is_dir() and not p.name.startswith(".")})
+    else:
+        labels = splits
     items = []
     for path in sorted(src.rglob("*")):
         if not path.is_file() or path.name.startswith(".") or ext_of(path.name) not in exts:
             continue
         rel = path.relative_to(src).as_posix()
-        top = rel.split("/", 1)[0] if "/" in rel else None
+        parts = rel.split("/")
+        split = parts.pop(0) if split_dirs and len(parts) > 1 else None
+        if split_dirs and split is None:
+            continue  # a file beside the split folders belongs to no split
+        top = parts[0] if len(parts) > 1 else None
         label = labels.index(top) if top in labels else None
-        items.append(Item(make_key(rel), rel, kind, path, label, None, {"label": top} if top else {}))
+        items.append(Item(make_key(rel), rel, kind, path, label, None, {"label": top} if top else {}, split))
+    if split_dirs and not labels:
+        raise UsageError(f"--split-dirs: no class folders under the split folders of {src} "
+                         f"(expected {src}/<split>/<class>/<file>)")
     return items, labels if any(i.label is not None for i in items) else []
 
 
@@ -361,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = common(sub.add_parser("images", help="folder tree, first-level subfolder = class"))
     s.add_argument("--max-size", type=int, help="shrink images whose longer side exceeds this")
     s.add_argument("--format", choices=["jpg", "png", "webp"], help="re-encode every image to this format")
+    s.add_argument("--split-dirs", action="store_true",
+                   help="first-level folders are the splits (train/, test/, ...), second-level the classes")
 
     s = common(sub.add_parser("captions", help="table of media path + caption"))
     s.add_argument("--path-col", default="path")
@@ -400,6 +421,8 @@ def check_options(args) -> None:
         v = getattr(args, name, None)
         if v is not None and v <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {v}")
+    if getattr(args, "split_dirs", False) and args.val_fraction > 0:
+        raise UsageError("--split-dirs takes the splits from the folders; drop --val-fraction")
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
 
@@ -419,7 +442,8 @@ def enumerate_inputs(args) -> tuple[list[Item], list[str]]:
         only = {e: k for e, k in kinds.items() if k == kind}
         return list_table(src, args.path_col, getattr(args, "caption_col", None), only)
     exts = {"image": IMAGE_EXTENSIONS, "video": VIDEO_EXTENSIONS, "audio": AUDIO_INPUTS}[kind]
-    return list_folder(src, tuple(e for e in exts if e != "jpeg") + (("jpeg",) if kind == "image" else ()), kind)
+    return list_folder(src, tuple(e for e in exts if e != "jpeg") + (("jpeg",) if kind == "image" else ()), kind,
+                       split_dirs=getattr(args, "split_dirs", False))
 
 
 def prepare_output(out: Path, args) -> None:
@@ -448,10 +472,14 @@ def run(args) -> int:
     done_keys = journal.done_keys()
     todo = [it for it in items if it.key not in done_items]
     opts = {k: getattr(args, k, None) for k in ("max_size", "format", "max_seconds", "fps", "clip_seconds", "sample_rate")}
-    writers = {
-        split: ShardWriter(out, split, journal, args.samples_per_shard, args.max_shard_bytes, journal.next_index(split))
-        for split in ("train", "val")
-    }
+    writers: dict = {}
+
+    def writer_for(split: str):
+        if split not in writers:
+            writers[split] = ShardWriter(out, split, journal, args.samples_per_shard, args.max_shard_bytes,
+                                         journal.next_index(split))
+        return writers[split]
+
     started, written, skipped = time.time(), 0, Counter()
     jobs = ((it, opts) for it in todo)
     pool = Pool(args.workers, initializer=_worker_init) if args.workers > 1 else None
@@ -464,7 +492,7 @@ def run(args) -> int:
                 journal.add_skip(item.path, reason)
                 skipped[reason.split(":")[0]] += 1
                 continue
-            writer = writers[split_of(item.key, args.val_fraction, args.seed)]
+            writer = writer_for(item.split or split_of(item.key, args.val_fraction, args.seed))
             fresh = [s for s in samples if s[0] not in done_keys]  # --resume keeps earlier copies
             for i, (key, members, stats) in enumerate(fresh):
                 writer.write(key, members, stats, completes_item=item.key if i == len(fresh) - 1 else None)
