@@ -64,3 +64,8 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         torch_dist.all_reduce(x, op=torch_dist.ReduceOp.SUM)
     return x
+
+
+def row_offset(local_batch: int) -> int:
+    """Index of this rank's first row in a tensor gathered from every rank (`rank * local_batch`)."""
+    return rank() * local_batch if is_distributed() else 0

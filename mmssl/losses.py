@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import dist
+
 
 def info_nce(query: torch.Tensor, keys: torch.Tensor, temperature: float, offset: int = 0) -> torch.Tensor:
     """InfoNCE (van den Oord et al. 2018, https://arxiv.org/abs/1807.03748).
@@ -74,6 +76,16 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, all_z1: torch.Tensor, all_z2: to
     return F.cross_entropy(logits, target)
 
 
+def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
+    """MoCo's InfoNCE (He et al. 2020, https://arxiv.org/abs/1911.05722): q, k [B, D] normalised
+    queries and their keys (from the momentum encoder, detached), queue [K, D] negatives.
+    mean_i -log( exp(q_i.k_i/t) / (exp(q_i.k_i/t) + sum_j exp(q_i.queue_j/t)) )."""
+    pos = (q * k.detach()).sum(dim=1, keepdim=True)
+    neg = q @ queue.detach().t()
+    logits = torch.cat([pos, neg], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
 def neg_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """Negative cosine similarity with stop-gradient on z (SimSiam, Chen & He 2021,
     https://arxiv.org/abs/2011.10566; BYOL's loss is 2 + 2 x this). p, z: [B, D] -> scalar."""
@@ -115,3 +127,107 @@ def vicreg(z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_wei
     v1, c1 = var_cov(z1)
     v2, c2 = var_cov(z2)
     return sim_weight * inv + var_weight * (v1 + v2) + cov_weight * (c1 + c2)
+
+
+def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """BYOL (Grill et al. 2020, https://arxiv.org/abs/2006.07733): mean_i ||p_i/|p_i| - z_i/|z_i|||^2
+    = 2 - 2 cos(p_i, z_i), with the target z detached. p, z: [B, D] -> scalar."""
+    return 2.0 + 2.0 * neg_cosine(p, z)
+
+
+def dino_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], center: torch.Tensor,
+              student_temp: float, teacher_temp: float) -> torch.Tensor:
+    """DINO (Caron et al. 2021, https://arxiv.org/abs/2104.14294).
+
+    student: V_s tensors [B, K] (global crops first, then local); teacher: V_t tensors [B, K] of the
+    global crops; center [K]. The teacher distribution is softmax((t - center) / teacher_temp),
+    detached; the loss averages H(P_t(view a), P_s(view b)) = -sum_k P_t log P_s over every pair
+    with a != b, and over the batch.
+    """
+    targets = [F.softmax((t.detach() - center) / teacher_temp, dim=-1) for t in teacher]
+    logps = [F.log_softmax(s / student_temp, dim=-1) for s in student]
+    total, pairs = 0.0, 0
+    for a, q in enumerate(targets):
+        for b, logp in enumerate(logps):
+            if a == b:
+                continue
+            total = total + (-(q * logp).sum(-1)).mean()
+            pairs += 1
+    return total / pairs
+
+
+@torch.no_grad()
+def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iters: int = 3) -> torch.Tensor:
+    """Sinkhorn-Knopp equipartition of SwAV (Caron et al. 2020, https://arxiv.org/abs/2006.09882).
+
+    scores [B, K] (this rank's rows of prototype similarities) -> codes Q [B, K]: each row sums to 1,
+    and over the global batch each prototype gets an equal share (column sums B_global / K). The
+    sums run over every rank through mmssl.dist, so codes are those of the global batch.
+    """
+    # Scores are cosine similarities in [-1, 1], so exp(score / epsilon) stays finite without a shift
+    # (a per-rank max shift would weight ranks differently); half precision is lifted to float32.
+    s = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
+    q = torch.exp(s / epsilon).t()  # [K, B]
+    k = q.shape[0]
+    b = q.shape[1] * dist.world_size()
+    q /= dist.all_reduce_sum(q.sum().clone())
+    for _ in range(iters):
+        q /= dist.all_reduce_sum(q.sum(dim=1, keepdim=True).clone())  # prototype marginals -> 1/K
+        q /= k
+        q /= q.sum(dim=0, keepdim=True)  # sample marginals -> 1/B
+        q /= b
+    return (q * b).t()
+
+
+def swav_loss(scores: list[torch.Tensor], codes: list[torch.Tensor], temperature: float = 0.1) -> torch.Tensor:
+    """SwAV swapped prediction: scores, V tensors [B, K] (every crop); codes, one [B, K] per crop
+    that has codes (the global crops, first). For code i and every crop j != i:
+    -sum_k q_i log softmax(scores_j / t), averaged over pairs and batch."""
+    total, pairs = 0.0, 0
+    for i, q in enumerate(codes):
+        for j, s in enumerate(scores):
+            if i == j:
+                continue
+            total = total + (-(q * F.log_softmax(s / temperature, dim=-1)).sum(-1)).mean()
+            pairs += 1
+    return total / pairs
+
+
+def supcon_loss(z: torch.Tensor, labels: torch.Tensor, all_z: torch.Tensor, all_labels: torch.Tensor,
+                temperature: float = 0.1, offset: int = 0) -> torch.Tensor:
+    """Supervised contrastive loss L^sup_out (Khosla et al. 2020, https://arxiv.org/abs/2004.11362).
+
+    z [B, D] this rank's anchors (every view, normalised), labels [B]; all_z [N, D], all_labels [N]
+    gathered, with anchor i at column offset + i. For anchor i with positives P(i) (same label,
+    not itself) and A(i) every column but itself:
+    -1/|P(i)| sum_{p in P(i)} log( exp(z_i.z_p/t) / sum_{a in A(i)} exp(z_i.z_a/t) ).
+    Anchors without positives are left out.
+    """
+    logits = z @ all_z.t() / temperature
+    idx = torch.arange(z.shape[0], device=z.device)
+    self_mask = torch.zeros_like(logits, dtype=torch.bool)
+    self_mask[idx, idx + offset] = True
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    pos = (labels[:, None] == all_labels[None, :]) & ~self_mask
+    n_pos = pos.sum(1)
+    per_anchor = -(log_prob.masked_fill(~pos, 0.0)).sum(1) / n_pos.clamp(min=1)
+    has = n_pos > 0
+    return per_anchor[has].mean() if has.any() else logits.new_zeros(()) * z.sum()
+
+
+def masked_patch_mse(pred: torch.Tensor, patches: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True) -> torch.Tensor:
+    """MAE's reconstruction loss (He et al. 2021, https://arxiv.org/abs/2111.06377).
+
+    pred, patches: [B, L, P]; mask [B, L], 1 = hidden. With `norm_pix`, each target patch is
+    standardised by its own mean and variance (+1e-6). The per-patch mean squared error is averaged
+    over hidden patches only; with nothing hidden (mask ratio 0) it falls back to every patch.
+    """
+    target = patches
+    if norm_pix:
+        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6).sqrt()
+    per_patch = (pred - target).pow(2).mean(-1)
+    if mask.sum() == 0:
+        return per_patch.mean()
+    return (per_patch * mask).sum() / mask.sum()

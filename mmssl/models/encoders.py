@@ -15,7 +15,8 @@ An encoder maps a batch to `[B, D]` features and exposes `.out_dim`. `build_enco
 Loading by Hub id and by local folder is one code path (`from_pretrained`), safetensors only.
 `save_pretrained(dir)` writes Hugging Face towers in their own format, so
 `transformers.AutoModel.from_pretrained(dir)` loads them; torchvision towers are written as
-`model.safetensors` plus `mmssl_encoder.json`, which `build_encoder({"name": dir})` reads back.
+`model.safetensors` plus `mmssl_encoder.json`, which `build_encoder({"name": dir})` reads back
+(as are mmssl's own masked ViTs, `models/vit.py`).
 """
 from __future__ import annotations
 
@@ -193,7 +194,14 @@ def build_encoder(spec: dict) -> nn.Module:
         from safetensors.torch import load_file
 
         info = json.loads(meta.read_text())
-        encoder = TorchvisionEncoder(info["torchvision"], state_dict=load_file(str(Path(name) / "model.safetensors")))
+        state = load_file(str(Path(name) / "model.safetensors"))
+        if "mmssl_vit" in info:
+            from .vit import ViT
+
+            encoder = ViT(**info["mmssl_vit"])
+            encoder.load_state_dict(state)
+        else:
+            encoder = TorchvisionEncoder(info["torchvision"], state_dict=state)
     elif _is_torchvision(name):
         if modality != "image":
             raise EncoderSpecError(f"torchvision model '{name}' is an image encoder, not {modality}")

@@ -24,3 +24,20 @@ def mlp(in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, norm: str =
     if last_norm:
         blocks.append(nn.BatchNorm1d(out_dim, affine=False))
     return nn.Sequential(*blocks)
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head: a 3-layer MLP to a bottleneck, L2-normalised, then a weight-normalised
+    linear layer to `out_dim` prototypes whose norm is fixed to 1 (Caron et al. 2021,
+    https://arxiv.org/abs/2104.14294). `[B, in_dim] -> [B, out_dim]` logits."""
+
+    def __init__(self, in_dim: int, out_dim: int = 4096, hidden_dim: int = 2048, bottleneck_dim: int = 256):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
+                                 nn.Linear(hidden_dim, bottleneck_dim))
+        self.last = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+        self.last.parametrizations.weight.original0.data.fill_(1.0)
+        self.last.parametrizations.weight.original0.requires_grad_(False)
+
+    def forward(self, x):
+        return self.last(nn.functional.normalize(self.mlp(x), dim=-1))

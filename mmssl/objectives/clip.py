@@ -61,7 +61,7 @@ class CLIP(nn.Module):
         img = self.embed_image(batch["image"])
         txt = self.embed_text(batch["input_ids"], batch["attention_mask"])
         all_img, all_txt = dist.gather_with_grad(img), dist.gather_with_grad(txt)
-        offset = dist.rank() * img.shape[0] if dist.is_distributed() else 0
+        offset = dist.row_offset(img.shape[0])
         scale = self.logit_scale.clamp(max=self.max_log_scale).exp()
         if self.loss_name == "clip":
             loss = clip_loss(img, txt, all_img, all_txt, scale, offset)

@@ -1,0 +1,114 @@
+"""The moving parts of the image SSL objectives: EMA, momentum schedule, queue, DINO centre and
+temperature, Sinkhorn under the objective, rotations, jigsaw permutations and tiles."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import nn
+
+from mmssl.models.ema import ema_update, make_target
+from mmssl.models.queue import FeatureQueue
+from mmssl.objectives.dino import DINO
+from mmssl.objectives.jigsaw import cut_tiles, max_hamming_permutations
+from mmssl.objectives.rotation import rotations
+from mmssl.optim import cosine_schedule
+
+
+def test_ema_update_moves_each_parameter_by_the_formula_and_copies_buffers():
+    torch.manual_seed(0)
+    online = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    target = make_target(online)
+    assert all(not p.requires_grad for p in target.parameters())
+    before = [p.clone() for p in target.parameters()]
+    with torch.no_grad():
+        for p in online.parameters():
+            p.add_(1.0)
+    online(torch.randn(8, 3))  # changes BatchNorm running statistics
+    ema_update(target, online, 0.9)
+    for b, t, o in zip(before, target.parameters(), online.parameters()):
+        assert torch.allclose(t, 0.9 * b + 0.1 * o)
+    assert torch.equal(target[1].running_mean, online[1].running_mean)
+
+
+def test_momentum_schedule_is_byols_cosine():
+    base = 0.996
+    for k, total in [(0, 100), (30, 100), (100, 100)]:
+        expected = 1 - (1 - base) * (math.cos(math.pi * k / total) + 1) / 2
+        assert math.isclose(cosine_schedule(k / total, base, 1.0), expected)
+
+
+def test_queue_is_first_in_first_out_and_wraps():
+    q = FeatureQueue(5, 2, normalize=False)
+    assert q.valid().shape == (0, 2)
+    q.push(torch.tensor([[1.0, 1], [2, 2], [3, 3]]))
+    assert q.valid()[:, 0].tolist() == [1, 2, 3] and int(q.filled) == 3
+    q.push(torch.tensor([[4.0, 4], [5, 5], [6, 6]]))  # 6 overwrites the oldest (1)
+    assert q.items[:, 0].tolist() == [6, 2, 3, 4, 5] and int(q.ptr) == 1 and int(q.filled) == 5
+    q.push(torch.arange(14.0).view(7, 2))  # more rows than the queue: the newest 5 remain
+    assert sorted(q.items[:, 0].tolist()) == [4, 6, 8, 10, 12]
+    assert "items" in q.state_dict() and "ptr" in q.state_dict()  # checkpointed, so resume is exact
+
+
+class Flat(nn.Module):
+    out_dim = 12
+
+    def forward(self, x):
+        return x.flatten(1)
+
+
+def test_dino_centre_is_an_ema_of_the_teacher_batch_mean():
+    dino = DINO(Flat(), out_dim=6, hidden_dim=8, bottleneck_dim=4, center_momentum=0.9)
+    logits = torch.randn(10, 6)
+    dino.update_center(logits)
+    assert torch.allclose(dino.center, 0.1 * logits.mean(0))
+    dino.update_center(logits * 2)
+    assert torch.allclose(dino.center, 0.9 * 0.1 * logits.mean(0) + 0.1 * 2 * logits.mean(0))
+
+
+def test_dino_teacher_temperature_warms_up_linearly_then_stays():
+    dino = DINO(Flat(), out_dim=6, hidden_dim=8, bottleneck_dim=4, teacher_temp=0.07, warmup_teacher_temp=0.04,
+                teacher_temp_warmup=0.2)
+    assert math.isclose(dino.teacher_temperature(0.0), 0.04)
+    assert math.isclose(dino.teacher_temperature(0.1), 0.055)
+    assert dino.teacher_temperature(0.5) == 0.07
+
+
+def test_dino_forward_updates_the_centre_and_learns_only_the_student():
+    torch.manual_seed(0)
+    dino = DINO(Flat(), out_dim=6, hidden_dim=8, bottleneck_dim=4)
+    views = [torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2), torch.randn(4, 3, 1, 1)[:, :, :1, :1].expand(-1, -1, 2, 2)]
+    out = dino({"views": views})
+    out["loss"].backward()
+    assert dino.center.abs().sum() > 0
+    assert all(p.grad is None for p in dino.teacher.parameters())
+    assert any(p.grad is not None for p in dino.student.parameters())
+
+
+def test_rotations_are_labelled_by_quarter_turns():
+    x = torch.randn(3, 1, 4, 4)
+    rotated, labels = rotations(x)
+    assert labels.tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3
+    for k in range(4):
+        back = torch.rot90(rotated[3 * k: 3 * k + 3], -k, dims=(2, 3))
+        assert torch.equal(back, x)
+
+
+def test_jigsaw_permutations_are_distinct_and_far_apart():
+    perms = max_hamming_permutations(9, 30, seed=0)
+    assert perms.shape == (30, 9)
+    assert len({tuple(p) for p in perms.tolist()}) == 30
+    assert all(sorted(p) == list(range(9)) for p in perms.tolist())
+    dists = [sum(a != b for a, b in zip(p, q)) for p, q in itertools.combinations(perms.tolist(), 2)]
+    assert min(dists) >= 7  # the greedy max-Hamming set; random picks give pairs at distance 2-4
+    assert max_hamming_permutations(4, 100).shape == (24, 4)  # fewer exist: all of them
+
+
+def test_cut_tiles_takes_a_crop_from_each_cell_in_row_major_order():
+    img = torch.zeros(1, 1, 8, 8)
+    for r, c in itertools.product(range(2), range(2)):
+        img[:, :, 4 * r: 4 * r + 4, 4 * c: 4 * c + 4] = 2 * r + c
+    tiles = cut_tiles(img, grid=2, crop=0.75, tile_size=3)
+    assert tiles.shape == (1, 4, 1, 3, 3)
+    assert [float(t.mean()) for t in tiles[0]] == [0.0, 1.0, 2.0, 3.0]
