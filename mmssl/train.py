@@ -111,7 +111,7 @@ class MetricsLog:
 def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=None) -> dict:
     """Train `objective` on `loader` for `cfg['max_steps']` steps; returns the last eval metrics.
 
-    evaluate(model) -> dict runs on the main process (every `eval_every` steps and at the end);
+    evaluate(model, step) -> dict runs on the main process (every `eval_every` steps and at the end);
     other ranks wait. The model passed is unwrapped and in eval mode.
     """
     from tqdm import tqdm
@@ -204,7 +204,7 @@ def _run_eval(accelerator, model, unwrapped, evaluate, step: int, metrics: Metri
     if accelerator.is_main_process:
         model.eval()
         with torch.no_grad():
-            result = evaluate(unwrapped)
+            result = evaluate(unwrapped, step)
         model.train()
         metrics.write({"step": step, "event": "eval", **result})
         accelerator.log({f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))}, step=step)

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     if cfg["data"]["val"]:
         tok = fields[1].tokenizer
 
-        def evaluate(model):
+        def evaluate(model, step):
             return run_tasks(ClipEval(model, tok, cfg["max_text_length"]), cfg["eval_tasks"], cfg["data"]["val"],
                              "val", cfg["image_size"], workers=0)
 

@@ -1,6 +1,7 @@
 """python -m mmssl.eval RUN_DIR --task {knn,linear,zero-shot,retrieval} --data SHARDS [--split val]
 
-Loads the encoders a run saved in RUN_DIR/encoder/, evaluates them on a make_shards folder, prints
+Loads the encoders a run saved in RUN_DIR/encoder/ (CLIP's two towers, or the one backbone of an
+image SSL recipe: knn and linear only), evaluates them on a make_shards folder, prints
 one JSON object of metrics and appends it (with "event": "eval") to RUN_DIR/metrics.jsonl.
 """
 from __future__ import annotations
@@ -36,6 +37,11 @@ def main(argv=None) -> int:
         from .clip_model import load_clip_run
 
         model = load_clip_run(args.run_dir, cfg)
+    elif any((args.run_dir / "encoder" / f).exists() for f in ("config.json", "mmssl_encoder.json")):
+        from ..models.encoders import build_encoder
+        from .backbone_model import BackboneEval
+
+        model = BackboneEval(build_encoder({"name": str(args.run_dir / "encoder"), "freeze": True}))
     else:
         raise ConfigError(f"{args.run_dir}/encoder holds no model this evaluator knows")
     metrics = run_tasks(model, args.task, args.data, args.split, cfg.get("image_size", 224), args.batch_size, args.workers)

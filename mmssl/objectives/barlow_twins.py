@@ -1,0 +1,32 @@
+"""Barlow Twins: make the cross-correlation of two views' embeddings the identity.
+
+Paper: Zbontar et al. 2021, "Barlow Twins: Self-Supervised Learning via Redundancy Reduction",
+https://arxiv.org/abs/2103.03230. Embeddings are gathered from every rank with gradients, so the
+batch standardisation and the cross-correlation are those of the global batch.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import dist
+from ..collapse import embedding_std
+from ..losses import barlow_twins
+from ..models.heads import mlp
+
+
+class BarlowTwins(nn.Module):
+    """backbone `[B,3,H,W] -> [B, D]`; 3-layer projector `-> proj_dim`; batch `views`."""
+
+    batch_keys = ("views",)
+
+    def __init__(self, backbone: nn.Module, proj_dim: int = 8192, hidden_dim: int = 8192, lambd: float = 5e-3):
+        super().__init__()
+        self.backbone, self.lambd = backbone, lambd
+        self.projector = mlp(backbone.out_dim, hidden_dim, proj_dim, layers=3)
+
+    def forward(self, batch: dict, progress: float = 0.0) -> dict:
+        v1, v2 = batch["views"][:2]
+        z1, z2 = self.projector(self.backbone(torch.cat([v1, v2]))).chunk(2)
+        loss = barlow_twins(dist.gather_with_grad(z1), dist.gather_with_grad(z2), self.lambd)
+        return {"loss": loss, "embed_std": embedding_std(z1)}

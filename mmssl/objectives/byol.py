@@ -1,0 +1,45 @@
+"""BYOL: an online network predicts the projection of a slowly moving target network.
+
+Paper: Grill et al. 2020, "Bootstrap Your Own Latent", https://arxiv.org/abs/2006.07733. The loss
+is 2 - 2 cos(q, z') symmetrised over the two views; the target is the EMA of the online network
+with tau = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2, applied after every optimizer step.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..collapse import embedding_std
+from ..losses import byol_loss
+from ..models.ema import ema_update, make_target
+from ..models.heads import mlp
+from ..optim import cosine_schedule
+
+
+class BYOL(nn.Module):
+    """backbone `[B,3,H,W] -> [B, D]`; projector and predictor MLPs `-> proj_dim`; batch `views`."""
+
+    batch_keys = ("views",)
+
+    def __init__(self, backbone: nn.Module, proj_dim: int = 256, hidden_dim: int = 4096, momentum: float = 0.996):
+        super().__init__()
+        self.momentum = momentum
+        self.online = nn.Sequential(backbone, mlp(backbone.out_dim, hidden_dim, proj_dim, layers=2))
+        self.predictor = mlp(proj_dim, hidden_dim, proj_dim, layers=2)
+        self.target = make_target(self.online)
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The encoder being trained (registered once, inside `online`)."""
+        return self.online[0]
+
+    def forward(self, batch: dict, progress: float = 0.0) -> dict:
+        v1, v2 = batch["views"][:2]
+        p1, p2 = self.predictor(self.online(torch.cat([v1, v2]))).chunk(2)
+        with torch.no_grad():
+            t1, t2 = self.target(torch.cat([v1, v2])).chunk(2)
+        loss = byol_loss(p1, t2) + byol_loss(p2, t1)
+        return {"loss": loss, "embed_std": embedding_std(p1)}
+
+    def after_step(self, progress: float) -> None:
+        ema_update(self.target, self.online, cosine_schedule(progress, self.momentum, 1.0))

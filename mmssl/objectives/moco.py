@@ -1,0 +1,72 @@
+"""MoCo v2 and MoCo v3: a query encoder against a momentum key encoder.
+
+- v2 (Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning",
+  https://arxiv.org/abs/2003.04297, on MoCo, https://arxiv.org/abs/1911.05722): an MLP head, a
+  queue of past keys as negatives, one direction (query view 1, key view 2).
+- v3 (Chen et al. 2021, "An Empirical Study of Training Self-Supervised Vision Transformers",
+  https://arxiv.org/abs/2104.02057): no queue; a predictor on the query side; the keys of the
+  global batch are the negatives; symmetric loss, each term scaled by 2t as in the paper's code.
+
+The key encoder follows the query encoder by EMA with momentum rising from `momentum` to 1 along
+a cosine (`after_step`). Shuffling BN across GPUs (v2) is not done: on one process it does not
+apply, and with several processes each rank's BatchNorm already sees a different sub-batch.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import dist
+from ..collapse import embedding_std
+from ..losses import info_nce, moco_loss
+from ..models.ema import ema_update, make_target
+from ..models.heads import mlp
+from ..models.queue import FeatureQueue
+from ..optim import cosine_schedule
+
+
+class MoCo(nn.Module):
+    """backbone `[B,3,H,W] -> [B, D]`; batch `views` (2 x [B,3,H,W])."""
+
+    batch_keys = ("views",)
+
+    def __init__(self, backbone: nn.Module, version: str = "v2", proj_dim: int = 128, hidden_dim: int = 2048,
+                 temperature: float = 0.2, queue_size: int = 65536, momentum: float = 0.99):
+        super().__init__()
+        if version not in ("v2", "v3"):
+            raise ValueError(f"MoCo version must be 'v2' or 'v3', got '{version}'")
+        self.version, self.temperature, self.momentum = version, temperature, momentum
+        if version == "v2":
+            projector = mlp(backbone.out_dim, hidden_dim, proj_dim, layers=2, norm="none")
+            self.predictor = nn.Identity()
+            self.queue = FeatureQueue(queue_size, proj_dim)
+        else:
+            projector = mlp(backbone.out_dim, hidden_dim, proj_dim, layers=3, last_norm=True)
+            self.predictor = mlp(proj_dim, hidden_dim, proj_dim, layers=2)
+        self.online = nn.Sequential(backbone, projector)
+        self.target = make_target(self.online)
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The encoder being trained (registered once, inside `online`)."""
+        return self.online[0]
+
+    def forward(self, batch: dict, progress: float = 0.0) -> dict:
+        v1, v2 = batch["views"][:2]
+        b = v1.shape[0]
+        q1, q2 = F.normalize(self.predictor(self.online(torch.cat([v1, v2]))), dim=-1).chunk(2)
+        with torch.no_grad():
+            k1, k2 = F.normalize(self.target(torch.cat([v1, v2])), dim=-1).chunk(2)
+        if self.version == "v2":
+            loss = moco_loss(q1, k2, self.queue.items.clone(), self.temperature)  # push() then overwrites rows
+            self.queue.push(dist.gather_no_grad(k2))  # enqueue after use, as in the paper
+        else:
+            offset = dist.row_offset(b)
+            all_k1, all_k2 = dist.gather_no_grad(k1), dist.gather_no_grad(k2)
+            loss = 2 * self.temperature * (info_nce(q1, all_k2, self.temperature, offset)
+                                           + info_nce(q2, all_k1, self.temperature, offset))
+        return {"loss": loss, "embed_std": embedding_std(q1)}
+
+    def after_step(self, progress: float) -> None:
+        ema_update(self.target, self.online, cosine_schedule(progress, self.momentum, 1.0))

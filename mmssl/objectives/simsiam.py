@@ -1,0 +1,33 @@
+"""SimSiam: a Siamese network with a predictor and a stop-gradient, and no negatives.
+
+Paper: Chen & He 2021, "Exploring Simple Siamese Representation Learning",
+https://arxiv.org/abs/2011.10566. L = D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2 with D the negative
+cosine; the projector ends in BatchNorm, the predictor is a bottleneck MLP.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..collapse import embedding_std
+from ..losses import neg_cosine
+from ..models.heads import mlp
+
+
+class SimSiam(nn.Module):
+    """backbone `[B,3,H,W] -> [B, D]`; 3-layer projector `-> proj_dim`; predictor `proj_dim -> pred_dim -> proj_dim`."""
+
+    batch_keys = ("views",)
+
+    def __init__(self, backbone: nn.Module, proj_dim: int = 2048, pred_dim: int = 512):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = mlp(backbone.out_dim, proj_dim, proj_dim, layers=3, last_norm=True)
+        self.predictor = mlp(proj_dim, pred_dim, proj_dim, layers=2)
+
+    def forward(self, batch: dict, progress: float = 0.0) -> dict:
+        v1, v2 = batch["views"][:2]
+        z1, z2 = self.projector(self.backbone(torch.cat([v1, v2]))).chunk(2)
+        p1, p2 = self.predictor(torch.cat([z1, z2])).chunk(2)
+        loss = 0.5 * neg_cosine(p1, z2) + 0.5 * neg_cosine(p2, z1)
+        return {"loss": loss, "embed_std": embedding_std(z1)}

@@ -1,0 +1,27 @@
+#!/usr/bin/env python
+"""Barlow Twins on image shards (mmssl.objectives.barlow_twins).
+
+    accelerate launch recipes/barlow_twins.py --config recipes/configs/barlow_twins_demo.yaml key=value ...
+
+Keys: mmssl.recipe_image.IMAGE_SSL_DEFAULTS plus `barlow_twins.*` (the objective's arguments).
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmssl.cli import run_main  # noqa: E402
+from mmssl.models.encoders import build_encoder  # noqa: E402
+from mmssl.objectives.barlow_twins import BarlowTwins  # noqa: E402
+from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, run_image_recipe, two_views  # noqa: E402
+
+DEFAULTS = {**IMAGE_SSL_DEFAULTS, "output_dir": "runs/barlow_twins",
+            "barlow_twins": {"proj_dim": 8192, "hidden_dim": 8192, "lambd": 0.005}}
+
+
+def objective(cfg):
+    return BarlowTwins(build_encoder(cfg["backbone"]), **cfg["barlow_twins"])
+
+
+if __name__ == "__main__":
+    run_main(lambda argv: run_image_recipe(argv, DEFAULTS, two_views, objective))

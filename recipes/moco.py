@@ -1,0 +1,27 @@
+#!/usr/bin/env python
+"""MoCo v2 (queue) or v3 (moco.version=v3) on image shards (mmssl.objectives.moco).
+
+    accelerate launch recipes/moco.py --config recipes/configs/moco_demo.yaml key=value ...
+
+Keys: mmssl.recipe_image.IMAGE_SSL_DEFAULTS plus `moco.*` (the objective's arguments).
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmssl.cli import run_main  # noqa: E402
+from mmssl.models.encoders import build_encoder  # noqa: E402
+from mmssl.objectives.moco import MoCo  # noqa: E402
+from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, run_image_recipe, two_views  # noqa: E402
+
+DEFAULTS = {**IMAGE_SSL_DEFAULTS, "output_dir": "runs/moco",
+            "moco": {"version": "v2", "proj_dim": 128, "hidden_dim": 2048, "temperature": 0.2, "queue_size": 65536, "momentum": 0.99}}
+
+
+def objective(cfg):
+    return MoCo(build_encoder(cfg["backbone"]), **cfg["moco"])
+
+
+if __name__ == "__main__":
+    run_main(lambda argv: run_image_recipe(argv, DEFAULTS, two_views, objective))

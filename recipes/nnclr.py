@@ -1,0 +1,27 @@
+#!/usr/bin/env python
+"""NNCLR on image shards (mmssl.objectives.nnclr).
+
+    accelerate launch recipes/nnclr.py --config recipes/configs/nnclr_demo.yaml key=value ...
+
+Keys: mmssl.recipe_image.IMAGE_SSL_DEFAULTS plus `nnclr.*` (the objective's arguments).
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmssl.cli import run_main  # noqa: E402
+from mmssl.models.encoders import build_encoder  # noqa: E402
+from mmssl.objectives.nnclr import NNCLR  # noqa: E402
+from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, run_image_recipe, two_views  # noqa: E402
+
+DEFAULTS = {**IMAGE_SSL_DEFAULTS, "output_dir": "runs/nnclr",
+            "nnclr": {"proj_dim": 256, "hidden_dim": 2048, "pred_hidden_dim": 4096, "temperature": 0.1, "queue_size": 98304}}
+
+
+def objective(cfg):
+    return NNCLR(build_encoder(cfg["backbone"]), **cfg["nnclr"])
+
+
+if __name__ == "__main__":
+    run_main(lambda argv: run_image_recipe(argv, DEFAULTS, two_views, objective))

@@ -1,0 +1,27 @@
+#!/usr/bin/env python
+"""SimCLR on image shards (mmssl.objectives.simclr).
+
+    accelerate launch recipes/simclr.py --config recipes/configs/simclr_demo.yaml key=value ...
+
+Keys: mmssl.recipe_image.IMAGE_SSL_DEFAULTS plus `simclr.*` (the objective's arguments).
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmssl.cli import run_main  # noqa: E402
+from mmssl.models.encoders import build_encoder  # noqa: E402
+from mmssl.objectives.simclr import SimCLR  # noqa: E402
+from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, run_image_recipe, two_views  # noqa: E402
+
+DEFAULTS = {**IMAGE_SSL_DEFAULTS, "output_dir": "runs/simclr",
+            "simclr": {"proj_dim": 128, "hidden_dim": 2048, "temperature": 0.5}}
+
+
+def objective(cfg):
+    return SimCLR(build_encoder(cfg["backbone"]), **cfg["simclr"])
+
+
+if __name__ == "__main__":
+    run_main(lambda argv: run_image_recipe(argv, DEFAULTS, two_views, objective))

@@ -1,0 +1,27 @@
+#!/usr/bin/env python
+"""SimSiam on image shards (mmssl.objectives.simsiam).
+
+    accelerate launch recipes/simsiam.py --config recipes/configs/simsiam_demo.yaml key=value ...
+
+Keys: mmssl.recipe_image.IMAGE_SSL_DEFAULTS plus `simsiam.*` (the objective's arguments).
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmssl.cli import run_main  # noqa: E402
+from mmssl.models.encoders import build_encoder  # noqa: E402
+from mmssl.objectives.simsiam import SimSiam  # noqa: E402
+from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, run_image_recipe, two_views  # noqa: E402
+
+DEFAULTS = {**IMAGE_SSL_DEFAULTS, "output_dir": "runs/simsiam",
+            "simsiam": {"proj_dim": 2048, "pred_dim": 512}}
+
+
+def objective(cfg):
+    return SimSiam(build_encoder(cfg["backbone"]), **cfg["simsiam"])
+
+
+if __name__ == "__main__":
+    run_main(lambda argv: run_image_recipe(argv, DEFAULTS, two_views, objective))

@@ -1,0 +1,28 @@
+#!/usr/bin/env python
+"""SwAV (2 global + augment.n_local local crops) on image shards (mmssl.objectives.swav).
+
+    accelerate launch recipes/swav.py --config recipes/configs/swav_demo.yaml key=value ...
+
+Keys: mmssl.recipe_image.IMAGE_SSL_DEFAULTS plus `swav.*` (the objective's arguments).
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmssl.cli import run_main  # noqa: E402
+from mmssl.models.encoders import build_encoder  # noqa: E402
+from mmssl.objectives.swav import SwAV  # noqa: E402
+from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, multi_crop, run_image_recipe  # noqa: E402
+
+DEFAULTS = {**IMAGE_SSL_DEFAULTS, "output_dir": "runs/swav",
+            "swav": {"proj_dim": 128, "hidden_dim": 2048, "n_prototypes": 3000, "n_global": 2, "temperature": 0.1,
+                     "epsilon": 0.05, "sinkhorn_iters": 3, "queue_size": 0, "queue_start": 0.15, "freeze_prototypes": 0.0}}
+
+
+def objective(cfg):
+    return SwAV(build_encoder(cfg["backbone"]), **cfg["swav"])
+
+
+if __name__ == "__main__":
+    run_main(lambda argv: run_image_recipe(argv, DEFAULTS, multi_crop, objective))

@@ -1,0 +1,27 @@
+#!/usr/bin/env python
+"""VICReg on image shards (mmssl.objectives.vicreg).
+
+    accelerate launch recipes/vicreg.py --config recipes/configs/vicreg_demo.yaml key=value ...
+
+Keys: mmssl.recipe_image.IMAGE_SSL_DEFAULTS plus `vicreg.*` (the objective's arguments).
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmssl.cli import run_main  # noqa: E402
+from mmssl.models.encoders import build_encoder  # noqa: E402
+from mmssl.objectives.vicreg import VICReg  # noqa: E402
+from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, run_image_recipe, two_views  # noqa: E402
+
+DEFAULTS = {**IMAGE_SSL_DEFAULTS, "output_dir": "runs/vicreg",
+            "vicreg": {"proj_dim": 8192, "hidden_dim": 8192, "sim_weight": 25.0, "var_weight": 25.0, "cov_weight": 1.0}}
+
+
+def objective(cfg):
+    return VICReg(build_encoder(cfg["backbone"]), **cfg["vicreg"])
+
+
+if __name__ == "__main__":
+    run_main(lambda argv: run_image_recipe(argv, DEFAULTS, two_views, objective))
