@@ -90,7 +90,7 @@ def test_objective_learns_on_real_images_without_collapse(name, fashion_shards):
         opt.step()
         if hasattr(model, "after_step"):
             model.after_step((step + 1) / STEPS)
-        losses.append(float(out[watched]))
+        losses.append(float(out[watched].detach()))
         stds.append(float(out["embed_std"]))
         entropy = float(out.get("teacher_entropy", 0.0))
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
