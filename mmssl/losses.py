@@ -231,3 +231,42 @@ def masked_patch_mse(pred: torch.Tensor, patches: torch.Tensor, mask: torch.Tens
     if mask.sum() == 0:
         return per_patch.mean()
     return (per_patch * mask).sum() / mask.sum()
+
+
+def videomae_loss(pred: torch.Tensor, tubelets: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True) -> torch.Tensor:
+    """VideoMAE's reconstruction loss (Tong et al. 2022, https://arxiv.org/abs/2203.12602).
+
+    tubelets [B, L, t*p*p, C] pixels in [0, 1] (`models.masking.tubelet_patchify`); mask bool [B, L],
+    True = hidden; pred [B, M, t*p*p*C], the predictions for the M hidden tokens of each sample in
+    token order (M = L when nothing is hidden: then every token is reconstructed). With `norm_pix`
+    each tubelet is standardised per channel (mean and unbiased std over its t*p*p pixels, +1e-6),
+    as in the paper's code. Returns the mean squared error over hidden tokens.
+    """
+    target = tubelets
+    if norm_pix:
+        target = (target - target.mean(-2, keepdim=True)) / (target.var(-2, unbiased=True, keepdim=True).sqrt() + 1e-6)
+    target = target.flatten(2)
+    b = target.shape[0]
+    if mask.any():
+        target = target[mask].reshape(b, -1, target.shape[-1])
+    return (pred - target).pow(2).mean()
+
+
+def cpc_loss(z: torch.Tensor, predictions: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """CPC's InfoNCE over future steps (van den Oord et al. 2018, https://arxiv.org/abs/1807.03748).
+
+    z [B, T, D] encoded steps; predictions[k-1] [B, T-k, D] = W_k c_t for t < T-k, the guesses of
+    z_{t+k}. For each k, the guess for (b, t) scores every z_{b', t'+k} in the batch by a dot
+    product; its own target z_{b, t+k} is the positive and the other B(T-k) - 1 (other time steps of
+    its sequence and of the other sequences) are negatives. Returns (the mean over k of the mean
+    cross-entropy, the mean top-1 accuracy of picking the positive).
+    """
+    losses, accs = [], []
+    b, t, d = z.shape
+    for k, pred in enumerate(predictions, start=1):
+        targets = z[:, k:].reshape(-1, d)  # [B(T-k), D]
+        logits = pred.reshape(-1, d) @ targets.t()
+        labels = torch.arange(targets.shape[0], device=z.device)
+        losses.append(F.cross_entropy(logits, labels))
+        accs.append((logits.argmax(1) == labels).float().mean())
+    return torch.stack(losses).mean(), torch.stack(accs).mean()

@@ -104,7 +104,8 @@ def test_trust_remote_code_is_off_unless_asked(tmp_path):
 @pytest.mark.parametrize("spec, message", [
     ({"name": "package:no_such_pkg/model"}, "Python package 'no_such_pkg' is not installed"),
     ({"name": "resnet18", "modality": "text"}, "is an image encoder"),
-    ({"name": "resnet18", "modality": "audio"}, "modality must be image or text"),
+    ({"name": "resnet18", "modality": "audio"}, "is an image encoder, not audio"),
+    ({"name": "resnet18", "modality": "smell"}, "modality must be image, text or audio"),
     ({"name": "/no/such/folder/model"}, "cannot load encoder '/no/such/folder/model'"),
 ])
 def test_bad_encoder_specs(spec, message):

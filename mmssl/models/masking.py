@@ -39,3 +39,30 @@ def random_masking(tokens: torch.Tensor, ratio: float) -> tuple[torch.Tensor, to
     mask[:, :keep] = 0
     mask = torch.gather(mask, 1, ids_restore)
     return visible, mask, ids_restore
+
+
+def tube_mask(batch: int, frames: int, patches: int, ratio: float, device=None) -> torch.Tensor:
+    """VideoMAE's tube mask (Tong et al. 2022, https://arxiv.org/abs/2203.12602).
+
+    One random set of `int(ratio * patches)` spatial positions per sample is hidden in every one of
+    its `frames` temporal slots, so a hidden patch cannot be copied from a neighbouring frame.
+    -> bool `[B, frames * patches]` (True = hidden), tokens ordered (time, row, column) as the
+    Conv3d tubelet embedding flattens them. Every sample hides the same number of tokens.
+    """
+    hidden = int(ratio * patches)
+    order = torch.rand(batch, patches, device=device).argsort(dim=1)
+    spatial = torch.zeros(batch, patches, dtype=torch.bool, device=device)
+    spatial.scatter_(1, order[:, :hidden], True)
+    return spatial.repeat(1, frames)
+
+
+def tubelet_patchify(video: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
+    """`[B, T, C, H, W] -> [B, (T/t)(H/p)(W/p), t*p*p, C]`: the pixels of each tubelet, channels last,
+    tokens in the Conv3d embedding's order (time, row, column)."""
+    return rearrange(video, "b (t u) c (h p) (w q) -> b (t h w) (u p q) c", u=tubelet, p=patch, q=patch)
+
+
+def tubelet_unpatchify(tubelets: torch.Tensor, tubelet: int, patch: int, frames: int, height: int, width: int) -> torch.Tensor:
+    """Inverse of `tubelet_patchify`: `[B, L, t*p*p, C] -> [B, T, C, H, W]`."""
+    return rearrange(tubelets, "b (t h w) (u p q) c -> b (t u) c (h p) (w q)", t=frames // tubelet, h=height // patch,
+                     w=width // patch, u=tubelet, p=patch, q=patch)

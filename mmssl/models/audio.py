@@ -1,0 +1,97 @@
+"""Audio encoders of our own: a log-mel CNN and CPC's raw-waveform strided convolutions.
+
+transformers audio models (AST, wav2vec2, ...) come through `models.encoders.build_encoder` with
+`modality: audio`, like image and text towers; these two are the small from-scratch ones.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+META = "mmssl_encoder.json"
+
+
+def _save(module: nn.Module, directory, kind: str, args: dict) -> None:
+    from safetensors.torch import save_file
+
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path / "model.safetensors"))
+    (path / META).write_text(json.dumps({kind: args}))
+
+
+class LogMelCNN(nn.Module):
+    """A VGGish-style CNN (Hershey et al. 2017, https://arxiv.org/abs/1609.09430), narrower:
+    `[B, 1, n_mels, frames]` log-mel -> `[B, out_dim]`. Blocks of two 3x3 convs + BN + ReLU and a
+    2x2 max-pool, channel widths `widths`, then mean over time and frequency."""
+
+    def __init__(self, widths=(32, 64, 128, 256)):
+        super().__init__()
+        self.config = {"widths": list(widths)}
+        layers, c = [], 1
+        for w in widths:
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                       nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+            c = w
+        # Log-mels of silence are about -14 and of speech about 0: a fixed norm keeps inputs near 0.
+        self.input_norm = nn.BatchNorm2d(1)
+        self.net = nn.Sequential(*layers)
+        self.out_dim = c
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.net(self.input_norm(mel)).mean(dim=(2, 3))
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        _save(self, directory, "mmssl_logmel_cnn", self.config)
+
+
+class WaveEncoder(nn.Module):
+    """CPC's g_enc (van den Oord et al. 2018, https://arxiv.org/abs/1807.03748): five strided 1-D
+    convolutions (kernels 10, 8, 4, 4, 4; strides 5, 4, 2, 2, 2: about one vector per 160 samples,
+    10 ms at 16 kHz), each with GroupNorm and ReLU. `[B, samples] -> [B, steps, dim]` with
+    `sequence`, else the time average `[B, dim]`."""
+
+    KERNELS, STRIDES = (10, 8, 4, 4, 4), (5, 4, 2, 2, 2)
+
+    def __init__(self, dim: int = 512):
+        super().__init__()
+        self.config = {"dim": dim}
+        layers, c = [], 1
+        for k, s in zip(self.KERNELS, self.STRIDES):
+            layers += [nn.Conv1d(c, dim, k, stride=s, padding=(k - s) // 2), nn.GroupNorm(1, dim), nn.ReLU(inplace=True)]
+            c = dim
+        self.net = nn.Sequential(*layers)
+        self.out_dim = dim
+
+    def sequence(self, wave: torch.Tensor) -> torch.Tensor:
+        # Per-clip standardisation: recordings differ in level by orders of magnitude.
+        wave = (wave - wave.mean(1, keepdim=True)) / (wave.std(1, keepdim=True) + 1e-5)
+        return self.net(wave.unsqueeze(1)).transpose(1, 2)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.sequence(wave).mean(1)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        _save(self, directory, "mmssl_wave_encoder", self.config)
+
+
+def load_audio_encoder(directory: Path) -> nn.Module | None:
+    """A saved LogMelCNN or WaveEncoder folder -> the module; None if the folder is something else."""
+    meta = Path(directory) / META
+    if not meta.exists():
+        return None
+    info = json.loads(meta.read_text())
+    cls = {"mmssl_logmel_cnn": LogMelCNN, "mmssl_wave_encoder": WaveEncoder}
+    kind = next((k for k in info if k in cls), None)
+    if kind is None:
+        return None
+    from safetensors.torch import load_file
+
+    module = cls[kind](**info[kind])
+    module.load_state_dict(load_file(str(Path(directory) / "model.safetensors")))
+    return module

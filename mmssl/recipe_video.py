@@ -1,0 +1,51 @@
+"""What the video recipes (VideoMAE, temporal order) share: config keys, the clip field and evaluation.
+
+A recipe names its objective and calls `run_video_recipe`: config -> video shards -> objective ->
+`mmssl.train.fit`. Clips are `video [B, T, C, H, W]`, decoded by decord in the data workers: T =
+`num_frames` frames `stride` apart, shorter videos looped (`mmssl.data.video`), resized and
+cropped to `image_size`. Evaluation (every `eval_every` steps and at the end) classifies the
+centre clips of `eval_split` by kNN and a linear probe on the objective's frozen
+`video_features`, with `eval_train_split` as the bank and training set.
+"""
+from __future__ import annotations
+
+from .data import VideoField, build_loader
+from .eval.video_tasks import video_probes
+from .train import TRAIN_DEFAULTS, fit, start
+
+VIDEO_DEFAULTS = {
+    **TRAIN_DEFAULTS,
+    "data": {"train": "shards/motion", "val": "shards/motion", "shuffle_buffer": 500},
+    "num_frames": 16,
+    "stride": 1,
+    "image_size": 96,
+    "min_frames": 2,  # fewer decodable frames: skipped as short_video
+    "eval_split": "test",
+    "eval_train_split": "train",
+}
+
+
+def run_video_recipe(argv, defaults: dict, build_objective, extra_eval=None, save=None) -> int:
+    """build_objective(cfg) -> objective with `video_features(video) -> [B, D]`;
+    extra_eval(objective, step, cfg) -> dict adds to each evaluation; save(objective, cfg) writes the
+    trained model (on the main process, after training)."""
+    from .config import from_cli
+
+    cfg = from_cli(defaults, argv)
+    accelerator = start(cfg)
+    field = VideoField(cfg["num_frames"], cfg["stride"], cfg["image_size"], train=True, min_frames=cfg["min_frames"])
+    loader = build_loader(cfg["data"]["train"], [field], cfg["batch_size"], num_workers=cfg["num_workers"],
+                          seed=cfg["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"])
+    objective = build_objective(cfg)
+    evaluate = None
+    if cfg["data"]["val"]:
+        def evaluate(model, step):
+            device = next(model.parameters()).device
+            out = video_probes(lambda v: model.video_features(v.to(device)), cfg["data"]["val"], cfg["eval_split"],
+                               cfg["eval_train_split"], cfg["num_frames"], cfg["stride"], cfg["image_size"])
+            return {**out, **(extra_eval(model, step, cfg) if extra_eval else {})}
+
+    fit(accelerator, cfg, objective, loader, evaluate)
+    if accelerator.is_main_process and save is not None:
+        save(objective, cfg)
+    return 0
