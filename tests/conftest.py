@@ -127,3 +127,39 @@ def fashion_shards(tmp_path_factory) -> Path:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
+
+
+def run_tool(script: str, *args) -> None:
+    """Run tools/<script> as users do; fail with its stderr."""
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / script), *map(str, args)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.fixture(scope="session")
+def motion_shards(tmp_path_factory) -> Path:
+    """The camera-motion video set at test size: 24 real photos x 6 motions, 16 frames of 64 px,
+    split by photo (tools/build_motion_set.py -> make_shards.py videos --split-dirs)."""
+    require(STAMPS, "tuxpaint-stamps-default")
+    out = tmp_path_factory.mktemp("motion") / "motion"
+    run_tool("build_motion_set.py", "--out", out, "--photos", "24", "--size", "64", "--workers", "2")
+    return out
+
+
+@pytest.fixture(scope="session")
+def av_shards(tmp_path_factory) -> Path:
+    """The audio-visual set at test size: 40 real stamp photos with their real sounds, as 2-s mp4s
+    (tools/build_av_set.py -> make_shards.py videos --split-dirs)."""
+    require(STAMPS, "tuxpaint-stamps-default")
+    out = tmp_path_factory.mktemp("av") / "av"
+    run_tool("build_av_set.py", "--out", out, "--stamps", "40", "--size", "32", "--train-motions", "2")
+    return out
+
+
+@pytest.fixture(scope="session")
+def speech_shards(tmp_path_factory) -> Path:
+    """The speech sets (espeak-ng voices and the Asterisk speaker), one speed: a folder holding
+    speech_speakers/ and speech_digits/ (tools/build_speech_set.py)."""
+    require(Path("/usr/share/asterisk/sounds/en/digits"), "asterisk-core-sounds-en-wav")
+    out = tmp_path_factory.mktemp("speech")
+    run_tool("build_speech_set.py", "--out", out, "--speeds", "165")
+    return out

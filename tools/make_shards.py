@@ -400,11 +400,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fps", type=float, help="resample to this frame rate")
     s.add_argument("--max-size", type=int, help="bound the longer side")
     s.add_argument("--clip-seconds", type=float, help="cut into consecutive clips <key>_000, <key>_001, ...")
+    s.add_argument("--split-dirs", action="store_true",
+                   help="first-level folders are the splits (train/, test/, ...), second-level the classes")
 
     s = common(sub.add_parser("audio", help="folder of classes, or a table; writes mono FLAC"))
     s.add_argument("--path-col", default="path")
     s.add_argument("--caption-col", default=None, help="optional caption or transcript column")
     s.add_argument("--sample-rate", type=int, default=16000)
+    s.add_argument("--split-dirs", action="store_true",
+                   help="first-level folders are the splits (train/, test/, ...), second-level the classes")
 
     common(sub.add_parser("webdataset", help="re-shard and validate existing WebDataset tars"))
     return p

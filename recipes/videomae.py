@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""VideoMAE on video shards (mmssl.objectives.videomae): 90% tube masking, encoder on visible tokens.
+
+    accelerate launch recipes/videomae.py --config recipes/configs/videomae_demo.yaml key=value ...
+
+Keys: mmssl.recipe_video.VIDEO_DEFAULTS plus
+  videomae.init        Hub id or folder of a VideoMAE checkpoint to start from ('' = from config)
+  videomae.config      transformers VideoMAEConfig keys (ignored with init; frames and size come
+                       from num_frames and image_size)
+  videomae.mask_ratio  share of tube positions hidden (0.9)
+  reconstructions      held-out clips drawn at each evaluation (reconstructions/step_XXXXXXX.png)
+
+After training, `encoder/` holds the encoder as a transformers `VideoMAEModel` (AutoModel loads it)
+and `pretraining/` the whole `VideoMAEForPreTraining`, which `videomae.init` accepts.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from mmssl.cli import run_main  # noqa: E402
+from mmssl.data import VideoField, build_loader  # noqa: E402
+from mmssl.models.masking import tubelet_patchify, tubelet_unpatchify  # noqa: E402
+from mmssl.objectives.videomae import VideoMAE, load_videomae  # noqa: E402
+from mmssl.recipe_video import VIDEO_DEFAULTS, run_video_recipe  # noqa: E402
+
+DEFAULTS = {**VIDEO_DEFAULTS, "output_dir": "runs/videomae",
+            "videomae": {"init": "", "config": {}, "mask_ratio": 0.9},
+            "reconstructions": 4}
+
+
+def objective(cfg):
+    v = cfg["videomae"]
+    return VideoMAE(load_videomae(v["init"], v["config"], cfg["num_frames"], cfg["image_size"]), v["mask_ratio"])
+
+
+@torch.no_grad()
+def reconstruction_clips(model: VideoMAE, video: torch.Tensor) -> torch.Tensor:
+    """[N, T, 3, H, W] normalised -> [N, 3, T, 3, H, W]: original | masked (hidden tubes grey) |
+    reconstruction with the visible tubelets pasted back, in normalised units. Normalised
+    predictions are put back in pixels with each target tubelet's own per-channel mean and std."""
+    n, t, c, h, w = video.shape
+    _, pred, mask, _ = model.reconstruct(video)
+    pixels = video * model.std + model.mean
+    tubes = tubelet_patchify(pixels, model.tubelet, model.patch)  # [N, L, t*p*p, C]
+    hidden = tubes[mask].reshape(n, -1, *tubes.shape[2:])
+    pred = pred.reshape(hidden.shape[0], hidden.shape[1], -1, c)
+    if model.norm_pix:
+        pred = pred * (hidden.var(-2, unbiased=True, keepdim=True).sqrt() + 1e-6) + hidden.mean(-2, keepdim=True)
+    filled, grey = tubes.clone(), tubes.clone()
+    filled[mask] = pred.reshape(-1, *tubes.shape[2:]).clamp(0, 1)
+    grey[mask] = 0.5
+    back = [tubelet_unpatchify(x, model.tubelet, model.patch, t, h, w) for x in (grey, filled)]
+    return (torch.stack([pixels, *back], 1) - model.mean.unsqueeze(1)) / model.std.unsqueeze(1)
+
+
+def save_reconstructions(model, step, cfg) -> dict:
+    """A PNG per evaluation: for each held-out clip, rows original / masked / reconstruction, one
+    column per frame."""
+    from PIL import Image
+
+    from mmssl.data.image import tensor_to_pil
+
+    field = VideoField(cfg["num_frames"], cfg["stride"], cfg["image_size"], train=False)
+    loader = build_loader(cfg["data"]["val"], [field], cfg["reconstructions"], split=cfg["eval_split"], shuffle=False,
+                          drop_last=False, num_workers=0, rank=0, world_size=1)
+    video = next(iter(loader))["video"].to(next(model.parameters()).device)
+    grid = reconstruction_clips(model, video)  # [N, 3, T, C, H, W]
+    n, rows, t, _, h, w = grid.shape
+    gap = 4
+    sheet = Image.new("RGB", (t * w, n * (rows * h + gap)), (255, 255, 255))
+    for i in range(n):
+        for r in range(rows):
+            for f in range(t):
+                sheet.paste(tensor_to_pil(grid[i, r, f]), (f * w, i * (rows * h + gap) + r * h))
+    out = Path(cfg["output_dir"]) / "reconstructions" / f"step_{step:07d}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return {"reconstructions": str(out)}
+
+
+def save(model: VideoMAE, cfg) -> None:
+    run = Path(cfg["output_dir"])
+    model.backbone.save_pretrained(str(run / "encoder"), safe_serialization=True)
+    model.model.save_pretrained(str(run / "pretraining"), safe_serialization=True)
+
+
+if __name__ == "__main__":
+    run_main(lambda argv: run_video_recipe(argv, DEFAULTS, objective, save_reconstructions, save))
