@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mmssl-installed
 # Real data and media for the default corpus and the tests (see ../shared/ENVIRONMENT.md).
-APT_PACKAGES := tuxpaint-stamps-default opencv-doc dataset-fashion-mnist
+APT_PACKAGES := tuxpaint-stamps-default opencv-doc dataset-fashion-mnist espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-en
 MINILM_VERSION := 0.1.0
 RUN := runs/demo
 LAUNCH := $(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no

@@ -83,18 +83,25 @@ class AudioField:
             reason = "no_audio_track" if "audio stream" in str(exn) else "corrupt_audio"
             raise SkipSample(reason, f"{key}: {str(exn)[-120:]}") from None
 
-    def decode(self, sample: dict) -> dict:
-        key = sample["__key__"]
-        wave = self.load(sample)
+    def check(self, wave: torch.Tensor, key: str) -> None:
+        """SkipSample for a track too short or too quiet to learn from."""
         if wave.numel() < self.min_seconds * self.sample_rate:
             raise SkipSample("short_audio", f"{key}: {wave.numel() / self.sample_rate:.3f}s")
         if wave.abs().max() < self.silence_peak:
             raise SkipSample("silent_audio", key)
-        if wave.numel() > self.length:
-            extra = wave.numel() - self.length
-            start = randint(extra + 1) if self.train else extra // 2
-            wave = wave[start : start + self.length]
-        elif wave.numel() < self.length:
+
+    def window(self, wave: torch.Tensor, start: int) -> torch.Tensor:
+        """`seconds` of `wave` from sample `start` (clamped into the track, zero-padded at the end),
+        as the model input (waveform or log-mel)."""
+        start = max(0, min(start, wave.numel() - self.length))
+        wave = wave[start : start + self.length]
+        if wave.numel() < self.length:
             wave = torch.nn.functional.pad(wave, (0, self.length - wave.numel()))
-        out = self.logmel(wave) if self.logmel is not None else wave
-        return {self.out_key: out}
+        return self.logmel(wave) if self.logmel is not None else wave
+
+    def decode(self, sample: dict) -> dict:
+        key = sample["__key__"]
+        wave = self.load(sample)
+        self.check(wave, key)
+        extra = max(0, wave.numel() - self.length)
+        return {self.out_key: self.window(wave, randint(extra + 1) if self.train else extra // 2)}

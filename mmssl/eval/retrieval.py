@@ -12,8 +12,16 @@ def recall_at_k(image: torch.Tensor, text: torch.Tensor, ks=(1, 5, 10), names=("
     A query counts as found at k when its own partner ranks among the k most similar items.
     """
     sim = F.normalize(image.float(), dim=1) @ F.normalize(text.float(), dim=1).t()
+    return recall_from_scores(sim, ks, names)
+
+
+@torch.no_grad()
+def recall_from_scores(sim: torch.Tensor, ks=(1, 5, 10), names=("image", "text")) -> dict:
+    """sim [N, N], row i = item i of the first kind scored against every item of the second (pair i
+    is row i with column i) -> {"<a>_to_<b>_R@k", "<b>_to_<a>_R@k"}. For models that score pairs
+    without a joint space (L3-Net's classifier)."""
     n = sim.shape[0]
-    target = torch.arange(n)
+    target = torch.arange(n, device=sim.device)
     a, b = names
     out = {}
     for direction, s in ((f"{a}_to_{b}", sim), (f"{b}_to_{a}", sim.t())):

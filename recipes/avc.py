@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""Audio-visual correspondence on video shards with sound (mmssl.objectives.avc): L3-Net or AVID.
+
+    accelerate launch recipes/avc.py --config recipes/configs/avc_demo.yaml key=value ...
+
+Each training sample is one mp4: a random frame and the sound around its timestamp
+(mmssl.data.av.AVPairField). Videos without an audio track, silent or too-short sound, and corrupt
+files are skipped and counted in the loader statistics (`data/no_audio_track`, ...).
+
+Keys: mmssl.train.TRAIN_DEFAULTS plus
+  image_size, audio.*          frame size; sound window (sample_rate, seconds, n_mels, spec_augment)
+  visual, audio_encoder        encoder specs (mmssl.models.encoders.build_encoder)
+  avc.*                        the objective: mode l3 | avid, hard_negatives, embed_dim, temperature
+  eval_split                   held-out videos for frame <-> sound retrieval R@1/5/10
+  probe.data / split / train_split   a labelled audio set for kNN / linear probes of the audio tower
+                               ('' skips them)
+After training, `encoder/visual/` and `encoder/audio/` hold the two towers.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmssl.cli import run_main  # noqa: E402
+from mmssl.config import from_cli  # noqa: E402
+from mmssl.data import AudioField, AVPairField, build_loader, train_transform  # noqa: E402
+from mmssl.eval.av_tasks import audio_probes, av_retrieval  # noqa: E402
+from mmssl.models.encoders import build_encoder  # noqa: E402
+from mmssl.objectives.avc import AVC  # noqa: E402
+from mmssl.recipe_image import SMALL_RESNET  # noqa: E402
+from mmssl.train import TRAIN_DEFAULTS, fit, start  # noqa: E402
+
+# `config` is free-form: logmel_cnn takes {widths}, an AST its transformers config keys.
+LOGMEL_CNN = {"name": "logmel_cnn", "modality": "audio", "pretrained": False, "pooling": "mean", "freeze": False,
+              "config": {}, "trust_remote_code": False}
+DEFAULTS = {
+    **TRAIN_DEFAULTS,
+    "output_dir": "runs/avc",
+    "data": {"train": "shards/av", "val": "shards/av", "shuffle_buffer": 500},
+    "image_size": 64,
+    "audio": {"sample_rate": 16000, "seconds": 1.0, "n_mels": 64, "spec_augment": False, "min_seconds": 0.1},
+    "visual": SMALL_RESNET,
+    "audio_encoder": LOGMEL_CNN,
+    "avc": {"mode": "l3", "embed_dim": 128, "hidden_dim": 256, "temperature": 0.07, "hard_negatives": 0.0},
+    "eval_split": "test",
+    "probe": {"data": "shards/speech_speakers", "split": "val", "train_split": "train"},
+}
+
+
+def audio_field(cfg: dict, train: bool) -> AudioField:
+    a = cfg["audio"]
+    return AudioField(a["sample_rate"], a["seconds"], train=train, min_seconds=a["min_seconds"], n_mels=a["n_mels"],
+                      spec_augment=a["spec_augment"] and train)
+
+
+def main(argv) -> int:
+    cfg = from_cli(DEFAULTS, argv)
+    accelerator = start(cfg)
+    field = AVPairField(train_transform(cfg["image_size"], scale=(0.5, 1.0)), audio_field(cfg, True), train=True,
+                        hard_negative=cfg["avc"]["hard_negatives"] > 0)
+    loader = build_loader(cfg["data"]["train"], [field], cfg["batch_size"], num_workers=cfg["num_workers"],
+                          seed=cfg["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"])
+    objective = AVC(build_encoder(cfg["visual"]), build_encoder(cfg["audio_encoder"]), **cfg["avc"])
+
+    def evaluate(model, step):
+        device = next(model.parameters()).device
+        out = {}
+        if cfg["data"]["val"]:
+            out.update(av_retrieval(lambda i, m: model.pair_scores(i.to(device), m.to(device)), cfg["data"]["val"],
+                                    cfg["eval_split"], cfg["image_size"], audio_field(cfg, False)))
+        if cfg["probe"]["data"]:
+            p = cfg["probe"]
+            out.update(audio_probes(lambda m: model.audio(m.to(device)), p["data"], p["split"], audio_field(cfg, False),
+                                    p["train_split"]))
+        return out
+
+    fit(accelerator, cfg, objective, loader, evaluate)
+    if accelerator.is_main_process:
+        objective.visual.save_pretrained(Path(cfg["output_dir"]) / "encoder" / "visual")
+        objective.audio.save_pretrained(Path(cfg["output_dir"]) / "encoder" / "audio")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,97 @@
+#!/usr/bin/env python
+"""CPC on raw audio or on video frames (mmssl.objectives.cpc).
+
+    accelerate launch recipes/cpc.py --config recipes/configs/cpc_demo.yaml key=value ...
+    accelerate launch recipes/cpc.py --config recipes/configs/cpc_video_demo.yaml
+
+Keys: mmssl.train.TRAIN_DEFAULTS plus
+  input            audio (waveform [B, samples]) | video (clips [B, T, C, H, W])
+  audio.*          sample_rate, seconds, min_seconds of the waveform crops
+  video.*          num_frames, stride, image_size of the clips
+  encoder          g_enc: an audio encoder with a sequence (wave_encoder), or for video an image
+                   encoder applied to every frame
+  cpc.*            context_dim (the GRU), steps (K future steps predicted)
+  probes           labelled sets for kNN / linear probes on the time-averaged context: a list of
+                   {name, data, split, train_split}
+After training, `encoder/` holds g_enc.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmssl.cli import run_main  # noqa: E402
+from mmssl.config import from_cli  # noqa: E402
+from mmssl.data import AudioField, VideoField, build_loader  # noqa: E402
+from mmssl.eval.av_tasks import audio_probes  # noqa: E402
+from mmssl.eval.video_tasks import video_probes  # noqa: E402
+from mmssl.models.encoders import build_encoder  # noqa: E402
+from mmssl.objectives.cpc import CPC, FrameSequence  # noqa: E402
+from mmssl.train import TRAIN_DEFAULTS, fit, start  # noqa: E402
+
+SPEECH_PROBES = [{"name": "speaker", "data": "shards/speech_speakers", "split": "val", "train_split": "train"},
+                 {"name": "digit", "data": "shards/speech_digits", "split": "val", "train_split": "train"}]
+DEFAULTS = {
+    **TRAIN_DEFAULTS,
+    "output_dir": "runs/cpc",
+    "data": {"train": "shards/speech_speakers", "val": "", "shuffle_buffer": 500},
+    "input": "audio",
+    "audio": {"sample_rate": 16000, "seconds": 1.0, "min_seconds": 0.1},
+    "video": {"num_frames": 16, "stride": 1, "image_size": 64},
+    # `config` is free-form: wave_encoder takes {dim}, a transformers model its own config keys.
+    "encoder": {"name": "wave_encoder", "modality": "audio", "pretrained": False, "pooling": "pooler", "freeze": False,
+                "config": {}, "trust_remote_code": False},
+    "cpc": {"context_dim": 256, "steps": 12},
+    "probes": SPEECH_PROBES,
+}
+
+
+def input_field(cfg: dict, train: bool):
+    if cfg["input"] == "audio":
+        a = cfg["audio"]
+        return AudioField(a["sample_rate"], a["seconds"], train=train, min_seconds=a["min_seconds"])
+    if cfg["input"] == "video":
+        v = cfg["video"]
+        return VideoField(v["num_frames"], v["stride"], v["image_size"], train=train)
+    raise ValueError(f"input must be 'audio' or 'video', got '{cfg['input']}'")
+
+
+def build_objective(cfg: dict) -> CPC:
+    encoder = build_encoder(cfg["encoder"])
+    if cfg["input"] == "video":
+        encoder = FrameSequence(encoder)
+    elif not hasattr(encoder, "sequence"):
+        raise ValueError(f"encoder '{cfg['encoder']['name']}' gives no sequence for CPC; use wave_encoder")
+    return CPC(encoder, key=cfg["input"], **cfg["cpc"])
+
+
+def main(argv) -> int:
+    cfg = from_cli(DEFAULTS, argv)
+    accelerator = start(cfg)
+    loader = build_loader(cfg["data"]["train"], [input_field(cfg, True)], cfg["batch_size"],
+                          num_workers=cfg["num_workers"], seed=cfg["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"])
+    objective = build_objective(cfg)
+
+    def evaluate(model, step):
+        device = next(model.parameters()).device
+        features = lambda x: model.features(x.to(device))  # noqa: E731
+        out = {}
+        for p in cfg["probes"]:
+            if cfg["input"] == "audio":
+                res = audio_probes(features, p["data"], p["split"], input_field(cfg, False), p["train_split"])
+                res = {k.removeprefix("audio_"): v for k, v in res.items()}
+            else:
+                v = cfg["video"]
+                res = video_probes(features, p["data"], p["split"], p["train_split"], v["num_frames"], v["stride"],
+                                   v["image_size"])
+            out.update({f"{p['name']}_{k}": val for k, val in res.items()})
+        return out
+
+    fit(accelerator, cfg, objective, loader, evaluate if cfg["probes"] else None)
+    if accelerator.is_main_process:
+        objective.backbone.save_pretrained(Path(cfg["output_dir"]) / "encoder")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,192 @@
+"""CPC and audio-visual correspondence: losses against loop references, the audio encoders and
+their saved formats, the audio-visual pair field on real clips, and learning on real data."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmssl.data import AudioField, AVPairField, SkipSample, build_loader, train_transform
+from mmssl.losses import cpc_loss
+from mmssl.models.encoders import build_encoder
+from mmssl.objectives.avc import AVC
+from mmssl.objectives.cpc import CPC, FrameSequence
+
+SMALL_RESNET = {"name": "resnet", "modality": "image", "config": {
+    "model_type": "resnet", "layer_type": "basic", "depths": [1, 1], "hidden_sizes": [16, 32], "embedding_size": 8}}
+SMALL_CNN = {"name": "logmel_cnn", "modality": "audio", "config": {"widths": [8, 16]}}
+
+
+def test_cpc_loss_matches_a_loop_over_predictions():
+    torch.manual_seed(0)
+    b, t, d = 3, 7, 5
+    z = torch.randn(b, t, d)
+    preds = [torch.randn(b, t - k, d) for k in (1, 2, 3)]
+    loss, acc = cpc_loss(z, preds)
+    terms, hits = [], []
+    for k, pred in enumerate(preds, start=1):
+        candidates = [(bb, tt) for bb in range(b) for tt in range(k, t)]
+        per = []
+        for bi in range(b):
+            for ti in range(t - k):
+                scores = torch.stack([pred[bi, ti] @ z[bb, tt] for bb, tt in candidates])
+                pos = candidates.index((bi, ti + k))
+                per.append(-scores[pos] + torch.logsumexp(scores, 0))
+                hits.append(float(scores.argmax() == pos))
+        terms.append(torch.stack(per).mean())
+    torch.testing.assert_close(loss, torch.stack(terms).mean())
+    per_k = [sum(h) / len(h) for h in (hits[:18], hits[18:33], hits[33:])]  # B(T-k) = 18, 15, 12 guesses
+    assert float(acc) == pytest.approx(sum(per_k) / 3)
+
+
+def test_cpc_predicts_every_future_step_and_refuses_short_sequences():
+    enc = build_encoder({"name": "wave_encoder", "modality": "audio", "config": {"dim": 16}})
+    model = CPC(enc, context_dim=8, steps=4)
+    out = model({"audio": torch.randn(2, 3200)})  # 20 steps of 10 ms
+    assert torch.isfinite(out["loss"]) and len(model.predictors) == 4
+    assert model.features(torch.randn(2, 3200)).shape == (2, 8)
+    with pytest.raises(ValueError, match="longer than cpc.steps=4"):
+        model({"audio": torch.randn(2, 640)})
+    frames = CPC(FrameSequence(build_encoder(SMALL_RESNET)), 8, 2, key="video")
+    assert torch.isfinite(frames({"video": torch.randn(2, 6, 3, 32, 32)})["loss"])
+
+
+def l3_reference(model, batch, shift):
+    v, a = model.visual(batch["image"]), model.audio(batch["mel"])
+    total = 0.0
+    for i in range(v.shape[0]):
+        pos = F.log_softmax(model.fusion(torch.cat([v[i], a[i]])[None]), 1)[0, 1]
+        neg = F.log_softmax(model.fusion(torch.cat([v[i], a[(i - shift) % v.shape[0]]])[None]), 1)[0, 0]
+        total = total - pos - neg
+    return total / (2 * v.shape[0])
+
+
+def test_l3_loss_is_cross_entropy_over_own_and_other_videos_sounds():
+    torch.manual_seed(0)
+    model = AVC(build_encoder(SMALL_RESNET), build_encoder(SMALL_CNN), "l3", hidden_dim=16).eval()
+    batch = {"image": torch.randn(4, 3, 32, 32), "mel": torch.randn(4, 1, 16, 20)}
+    torch.manual_seed(5)
+    loss = model(batch)["loss"]
+    torch.manual_seed(5)
+    shift = int(torch.randint(1, 4, ()))
+    torch.testing.assert_close(loss, l3_reference(model, batch, shift))
+    # Hard negatives: every negative is the same video's other window.
+    hard = AVC(model.visual, model.audio, "l3", hidden_dim=16, hard_negatives=1.0).eval()
+    hard.fusion = model.fusion
+    other = {**batch, "mel_other": torch.randn(4, 1, 16, 20)}
+    v, a, a2 = model.visual(other["image"]), model.audio(other["mel"]), model.audio(other["mel_other"])
+    logits = model.fusion(torch.cat([torch.cat([v, a], 1), torch.cat([v, a2], 1)]))
+    expected = F.cross_entropy(logits, torch.tensor([1] * 4 + [0] * 4))
+    torch.testing.assert_close(hard(other)["loss"], expected)
+    scores = model.pair_scores(batch["image"], batch["mel"])
+    assert scores.shape == (4, 4)
+
+
+def test_avid_loss_is_infonce_in_both_directions():
+    torch.manual_seed(0)
+    model = AVC(build_encoder(SMALL_RESNET), build_encoder(SMALL_CNN), "avid", embed_dim=8, hidden_dim=16,
+                temperature=0.1).eval()
+    batch = {"image": torch.randn(5, 3, 32, 32), "mel": torch.randn(5, 1, 16, 20)}
+    v, a = model.embed(batch["image"], batch["mel"])
+    ref = 0.0
+    for i in range(5):
+        ref += -torch.log_softmax(v[i] @ a.t() / 0.1, 0)[i] - torch.log_softmax(a[i] @ v.t() / 0.1, 0)[i]
+    torch.testing.assert_close(model(batch)["loss"], ref / 10)
+    with pytest.raises(ValueError, match="'l3' or 'avid'"):
+        AVC(model.visual, model.audio, "l4")
+
+
+def test_audio_encoders_save_and_load_in_their_formats(tmp_path):
+    from transformers import AutoModel
+
+    torch.manual_seed(0)
+    mel, wave = torch.randn(2, 1, 64, 101), torch.randn(2, 16000)
+    for spec, x in ((SMALL_CNN, mel), ({"name": "wave_encoder", "modality": "audio", "config": {"dim": 16}}, wave)):
+        enc = build_encoder(spec).eval()
+        enc.save_pretrained(tmp_path / spec["name"])
+        again = build_encoder({"name": str(tmp_path / spec["name"]), "modality": "audio"}).eval()
+        torch.testing.assert_close(again(x), enc(x))
+    tiny = {  # transformers audio models, built from tiny configs, saved and loaded by path like a Hub id
+        "ast": ({"model_type": "audio-spectrogram-transformer", "hidden_size": 32, "num_hidden_layers": 1,
+                 "num_attention_heads": 2, "intermediate_size": 64, "num_mel_bins": 64, "max_length": 101}, mel),
+        "wav2vec2": ({"model_type": "wav2vec2", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                      "intermediate_size": 64, "conv_dim": [16, 16], "conv_kernel": [10, 3], "conv_stride": [5, 2],
+                      "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 2}, wave),
+    }
+    for name, (config, x) in tiny.items():
+        enc = build_encoder({"name": name, "modality": "audio", "config": config}).eval()
+        assert enc(x).shape == (2, 32)
+        enc.save_pretrained(tmp_path / name)
+        AutoModel.from_pretrained(str(tmp_path / name))
+        again = build_encoder({"name": str(tmp_path / name), "modality": "audio"}).eval()
+        torch.testing.assert_close(again(x), enc(x))
+
+
+def test_av_pair_field_aligns_sound_with_frame_and_skips_bad_clips(av_shards, motion_shards):
+    import tarfile
+
+    audio = AudioField(16000, 0.5, train=False, n_mels=32)
+    field = AVPairField(train_transform(32), audio, train=False, hard_negative=True)
+    with tarfile.open(next(av_shards.glob("train-*.tar"))) as tar:
+        mp4 = next(m for m in tar.getmembers() if m.name.endswith(".mp4"))
+        data = tar.extractfile(mp4).read()
+    out = field.decode({"__key__": "k", "mp4": data})
+    assert out["image"].shape == (3, 32, 32) and out["mel"].shape == (1, 32, 51) and out["mel_other"].shape == (1, 32, 51)
+    # The middle frame of a 2-s clip is at 1 s: its window is the track's 0.75..1.25 s.
+    wave = audio.load({"__key__": "k", "mp4": data})
+    torch.testing.assert_close(out["mel"], audio.logmel(wave[12000:20000]))
+    with tarfile.open(next(motion_shards.glob("train-*.tar"))) as tar:  # rendered without sound
+        silent_mp4 = tar.extractfile(next(m for m in tar.getmembers() if m.name.endswith(".mp4"))).read()
+    with pytest.raises(SkipSample) as info:
+        field.decode({"__key__": "m", "mp4": silent_mp4})
+    assert info.value.reason == "no_audio_track"
+    with pytest.raises(SkipSample) as info:
+        field.decode({"__key__": "c", "mp4": data[: len(data) // 3]})
+    assert info.value.reason in ("corrupt_audio", "corrupt_video")
+
+
+def train_steps(model, batches, steps, lr):
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    logs = []
+    for batch in itertools.islice(itertools.cycle(batches), steps):
+        out = model(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        logs.append({k: float(v.detach()) for k, v in out.items()})
+    return logs
+
+
+def mean(logs, key, part):
+    return sum(r[key] for r in part) / len(part)
+
+
+def test_cpc_learns_on_real_speech(speech_shards):
+    torch.manual_seed(0)
+    loader = build_loader(str(speech_shards / "speech_speakers"), [AudioField(16000, 0.5)], 8, num_workers=0, seed=0)
+    batches = list(itertools.islice(loader, 3))
+    model = CPC(build_encoder({"name": "wave_encoder", "modality": "audio", "config": {"dim": 64}}), 64, 6)
+    logs = train_steps(model, batches, 40, 1e-3)
+    first, last = mean(logs, "loss", logs[:5]), mean(logs, "loss", logs[-5:])
+    print(f"cpc: loss {first:.3f} -> {last:.3f} (chance {math.log(8 * 44):.3f})")
+    assert last < first - 0.5
+
+
+@pytest.mark.parametrize("mode", ["l3", "avid"])
+def test_avc_learns_on_real_sounds_and_pictures(mode, av_shards):
+    torch.manual_seed(0)
+    field = AVPairField(train_transform(32, scale=(0.5, 1.0)), AudioField(16000, 1.0, n_mels=32), train=True)
+    batches = list(itertools.islice(build_loader(str(av_shards), [field], 16, num_workers=0, seed=0), 3))
+    model = AVC(build_encoder(SMALL_RESNET), build_encoder(SMALL_CNN), mode, embed_dim=32, hidden_dim=64)
+    logs = train_steps(model, batches, 40, 1e-3)
+    first, last = mean(logs, "loss", logs[:5]), mean(logs, "loss", logs[-5:])
+    acc = mean(logs, "acc", logs[-5:])
+    print(f"avc {mode}: loss {first:.3f} -> {last:.3f}, accuracy {acc:.2f}")
+    # Chance accuracy: 1/2 for L3 (own sound or another's), 1/16 for AVID (pick the sound of 16).
+    if mode == "l3":
+        assert last < first - 0.02 and acc > 0.6
+    else:
+        assert last < 0.8 * first and acc > 0.3
