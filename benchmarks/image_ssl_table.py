@@ -53,10 +53,12 @@ def evaluate(backbone) -> dict:
     return run_tasks(BackboneEval(backbone.eval()), ["knn", "linear"], DATA, "test", SIZE, batch_size=256, workers=2)
 
 
-def train(method: str, steps: int, out: Path) -> dict:
-    run = out / method
-    cmd = [sys.executable, str(ROOT / "recipes" / f"{method}.py"), "--config", str(ROOT / "recipes/configs" / f"{method}_demo.yaml"),
-           f"output_dir={run}", f"max_steps={steps}", "tensorboard=false", "save_every=0"]
+def train(method: str, steps: int, out: Path, recipe: str | None = None, overrides=()) -> dict:
+    """Run recipes/<recipe or method>.py with its demo config for `steps` steps into OUT/<method>;
+    -> the final kNN / linear figures, the loss at the first and last log, the minutes it took."""
+    run, recipe = out / method, recipe or method
+    cmd = [sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), "--config", str(ROOT / "recipes/configs" / f"{recipe}_demo.yaml"),
+           f"output_dir={run}", f"max_steps={steps}", "tensorboard=false", "save_every=0", *overrides]
     started = time.time()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
@@ -67,7 +69,7 @@ def train(method: str, steps: int, out: Path) -> dict:
             "embed_std": train_logs[-1].get("embed_std"), "minutes": (time.time() - started) / 60, "steps": steps}
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict, path: Path, title: str = "Fashion-MNIST, frozen features after the same CPU budget") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,7 +83,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_xticks(list(xs), names, rotation=45, ha="right")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("Fashion-MNIST, frozen features after the same CPU budget")
+    ax.set_title(title)
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -11,26 +11,18 @@ sees 25% of the patch tokens (plus the class token).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from masking_timing import alternating_medians, train_step  # noqa: E402
 
 from mmssl.models.vit import ViT  # noqa: E402
 from mmssl.objectives.mae import MAE  # noqa: E402
-
-
-def timed(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def main(argv=None) -> int:
@@ -51,14 +43,7 @@ def main(argv=None) -> int:
     images = torch.randn(args.batch, 3, args.image_size, args.image_size, device=dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
-    def step(ratio):
-        def run():
-            loss = model.reconstruct(images, ratio)[0]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sync()
-        return run
+    step = train_step(lambda ratio: model.reconstruct(images, ratio)[0], opt, sync)
 
     def encode(ratio):
         def run():
@@ -67,15 +52,8 @@ def main(argv=None) -> int:
             sync()
         return run
 
-    results = {}
-    for kind, make in (("train step (fwd+bwd)", step), ("encoder forward", encode)):
-        for r in (0.0, 0.75):
-            make(r)()  # warm-up
-        times = {0.0: [], 0.75: []}
-        for _ in range(args.repeats):  # alternate, so drift hits both settings alike
-            for r in (0.0, 0.75):
-                times[r] += timed(make(r), 1)
-        results[kind] = {r: statistics.median(t) * 1000 for r, t in times.items()}
+    results = {kind: alternating_medians(make, (0.0, 0.75), args.repeats)
+               for kind, make in (("train step (fwd+bwd)", step), ("encoder forward", encode))}
     tokens = model.backbone.num_patches
     keep = int(tokens * 0.25)
     print(f"device {dev}, torch threads {torch.get_num_threads()}, ViT dim {args.dim} depth {args.depth}, "
