@@ -12,7 +12,7 @@ LAUNCH := $(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mix
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
-.PHONY: demo test test-fast bench image-ssl-table system-deps setup corpus
+.PHONY: demo test test-fast bench image-ssl-table video-table audio-table system-deps setup corpus
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -56,7 +56,15 @@ bench: corpus
 	$(PY) benchmarks/data_pipeline.py
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/mae_masking.py
+	$(PY) benchmarks/videomae_masking.py
 
 # The image SSL results table on Fashion-MNIST (every method pretrained on the CPU; see README).
 image-ssl-table: setup
 	$(PY) benchmarks/image_ssl_table.py
+
+# The video table on the camera-motion set, and the speech / audio-visual table (see README).
+video-table: setup
+	$(PY) benchmarks/video_table.py
+
+audio-table: setup
+	$(PY) benchmarks/audio_table.py

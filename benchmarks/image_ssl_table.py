@@ -55,7 +55,8 @@ def evaluate(backbone) -> dict:
 
 def train(method: str, steps: int, out: Path, recipe: str | None = None, overrides=()) -> dict:
     """Run recipes/<recipe or method>.py with its demo config for `steps` steps into OUT/<method>;
-    -> the final kNN / linear figures, the loss at the first and last log, the minutes it took."""
+    -> the final kNN / linear figures (and the whole final eval record), the loss at the first and last
+    log, the minutes it took."""
     run, recipe = out / method, recipe or method
     cmd = [sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), "--config", str(ROOT / "recipes/configs" / f"{recipe}_demo.yaml"),
            f"output_dir={run}", f"max_steps={steps}", "tensorboard=false", "save_every=0", *overrides]
@@ -64,7 +65,7 @@ def train(method: str, steps: int, out: Path, recipe: str | None = None, overrid
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     train_logs = [r for r in records if "loss" in r]
     final_eval = [r for r in records if r.get("event") == "eval"][-1]
-    return {"knn_top1": final_eval["knn_top1@20"], "linear_top1": final_eval["linear_top1"],
+    return {"knn_top1": final_eval.get("knn_top1@20"), "linear_top1": final_eval.get("linear_top1"), "eval": final_eval,
             "first_loss": train_logs[0]["loss"], "last_loss": train_logs[-1]["loss"],
             "embed_std": train_logs[-1].get("embed_std"), "minutes": (time.time() - started) / 60, "steps": steps}
 

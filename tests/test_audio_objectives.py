@@ -190,3 +190,32 @@ def test_avc_learns_on_real_sounds_and_pictures(mode, av_shards):
         assert last < first - 0.02 and acc > 0.6
     else:
         assert last < 0.8 * first and acc > 0.3
+
+
+def test_image_and_sound_stored_as_separate_members_feed_avc(tmp_path):
+    """A shard of (png, flac) pairs: an ImageField and an AudioField give the AVC batch directly."""
+    import io
+    import tarfile
+
+    import soundfile
+
+    from conftest import STAMPS, require
+    from mmssl.data import ImageField
+
+    require(STAMPS, "tuxpaint-stamps-default")
+    pairs = [p for p in sorted((STAMPS / "animals").rglob("*.png")) if p.with_suffix(".ogg").exists()][:6]
+    shard = tmp_path / "pairs-000000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i, png in enumerate(pairs):
+            wave, rate = soundfile.read(str(png.with_suffix(".ogg")), dtype="float32")
+            flac = io.BytesIO()
+            soundfile.write(flac, wave, rate, format="FLAC")
+            for ext, data in (("png", png.read_bytes()), ("flac", flac.getvalue())):
+                info = tarfile.TarInfo(f"pair{i:02d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    fields = [ImageField(train_transform(32)), AudioField(16000, 1.0, n_mels=32)]
+    batch = next(iter(build_loader(str(shard), fields, 6, num_workers=0, seed=0)))
+    assert batch["image"].shape == (6, 3, 32, 32) and batch["mel"].shape == (6, 1, 32, 101)
+    model = AVC(build_encoder(SMALL_RESNET), build_encoder(SMALL_CNN), "avid", embed_dim=8, hidden_dim=16)
+    assert torch.isfinite(model(batch)["loss"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +58,19 @@ def test_recipe_reports_bad_config_in_one_line_with_exit_2(args, message, image_
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+
+
+def test_every_recipe_config_is_valid_for_its_recipe():
+    """Each recipes/configs/<recipe>_{demo,gpu,...}.yaml passes its recipe's key and type checks."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    configs = sorted((root / "recipes" / "configs").glob("*.yaml"))
+    assert len(configs) >= 36
+    for path in configs:
+        recipe = next(r for r in sorted((root / "recipes").glob("*.py"), key=lambda p: -len(p.stem))
+                      if path.stem.startswith(r.stem + "_"))
+        spec = importlib.util.spec_from_file_location(f"recipe_{recipe.stem}", recipe)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        from_cli(module.DEFAULTS, ["--config", str(path)])

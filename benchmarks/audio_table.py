@@ -1,0 +1,151 @@
+#!/usr/bin/env python
+"""The audio and audio-visual results table: CPC speech probes and AVC frame <-> sound retrieval.
+
+    python benchmarks/audio_table.py [--steps 200] [--out runs/audio_table] [--force]
+
+Builds the speech sets and the audio-visual set if needed (tools/build_speech_set.py,
+tools/build_av_set.py).
+
+CPC part, as the CPC paper's table: linear-probe (and kNN, k=20) top-1 on frozen features of the
+held-out speech, for speaker identity (8 espeak-ng voices + the Asterisk speaker) and for the
+spoken digit (10 words), of
+  - MFCC: 20 coefficients, mean and standard deviation over time;
+  - log-mel: 64 bands, mean and standard deviation over time;
+  - CPC randomly initialised, and CPC after --steps steps of recipes/configs/cpc_demo.yaml
+    (the GRU context averaged over time).
+AVC part: visual->audio and audio->visual R@1/R@5 on the held-out stamps' (frame, sound) pairs,
+for L3-Net and AVID randomly initialised and after --steps steps of recipes/configs/avc_demo.yaml.
+Writes OUT/table.md and OUT/results.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torchaudio
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "recipes"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from image_ssl_table import train  # noqa: E402
+
+from mmssl.data import AudioField  # noqa: E402
+from mmssl.eval.av_tasks import audio_probes, av_retrieval  # noqa: E402
+
+PROBES = {"speaker": "shards/speech_speakers", "digit": "shards/speech_digits"}
+AV = "shards/av"
+
+
+def time_stats(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, T] -> [B, 2C]: mean and standard deviation over time."""
+    return torch.cat([x.mean(-1), x.std(-1)], 1)
+
+
+def speech_probes(features) -> dict:
+    out = {}
+    for task, data in PROBES.items():
+        torch.manual_seed(0)
+        r = audio_probes(features, data, "val", AudioField(16000, 1.0, train=False), "train")
+        out[task] = {"knn": r["audio_knn_top1@20"], "linear": r["audio_linear_top1"]}
+    return out
+
+
+def retrieval(scores) -> dict:
+    a = AudioField(16000, 1.0, train=False, n_mels=64)
+    r = av_retrieval(scores, AV, "test", 64, a)
+    return {k: r[k] for k in ("visual_to_audio_R@1", "visual_to_audio_R@5", "audio_to_visual_R@1",
+                              "audio_to_visual_R@5", "av_pairs", "av_chance_R@1")}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--out", type=Path, default=Path("runs/audio_table"))
+    p.add_argument("--force", action="store_true")
+    args = p.parse_args(argv)
+    os.chdir(ROOT)
+    subprocess.run([sys.executable, "tools/build_speech_set.py"], check=True)
+    subprocess.run([sys.executable, "tools/build_av_set.py"], check=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "results.json"
+    res = json.loads(path.read_text()) if path.exists() and not args.force else {}
+
+    def save():
+        path.write_text(json.dumps(res, indent=1))
+
+    import avc
+    import cpc
+    from mmssl.config import from_cli
+
+    def demo(module, name):
+        return from_cli(module.DEFAULTS, ["--config", str(ROOT / "recipes/configs" / f"{name}_demo.yaml")])
+
+    mfcc = torchaudio.transforms.MFCC(16000, n_mfcc=20, melkwargs={"n_fft": 400, "hop_length": 160, "n_mels": 64})
+    mel = torchaudio.transforms.MelSpectrogram(16000, n_fft=400, hop_length=160, n_mels=64)
+    torch.manual_seed(0)
+    random_cpc = cpc.build_objective(demo(cpc, "cpc")).eval()
+    baselines = {"MFCC (mean, std)": lambda w: time_stats(mfcc(w)), "log-mel (mean, std)": lambda w: time_stats(
+        torch.log(mel(w) + 1e-6)), "CPC, random init": random_cpc.features}
+    with torch.no_grad():
+        for name, fn in baselines.items():
+            if name not in res:
+                res[name] = speech_probes(fn)
+                save()
+    if res.get("CPC", {}).get("steps") != args.steps:
+        print(f"training CPC for {args.steps} steps ...", flush=True)
+        run = train("cpc", args.steps, args.out)
+        ev = run.pop("eval")
+        res["CPC"] = {**{t: {"knn": ev[f"{t}_knn_top1@20"], "linear": ev[f"{t}_linear_top1"]} for t in PROBES},
+                      "steps": args.steps, "loss": [run["first_loss"], run["last_loss"]], "minutes": run["minutes"]}
+        save()
+    for mode in ("l3", "avid"):
+        name = f"AVC {mode}, random init"
+        if name not in res:
+            torch.manual_seed(0)
+            model = avc.AVC(avc.build_encoder(avc.SMALL_RESNET), avc.build_encoder(avc.LOGMEL_CNN),
+                            **{**demo(avc, "avc")["avc"], "mode": mode}).eval()
+            res[name] = retrieval(model.pair_scores)
+            save()
+        name = f"AVC {mode}"
+        if res.get(name, {}).get("steps") != args.steps:
+            print(f"training {name} for {args.steps} steps ...", flush=True)
+            run = train(f"avc_{mode}", args.steps, args.out, "avc", (f"avc.mode={mode}",))
+            ev = run.pop("eval")
+            res[name] = {**{k: ev[k] for k in ("visual_to_audio_R@1", "visual_to_audio_R@5", "audio_to_visual_R@1",
+                                                "audio_to_visual_R@5", "av_pairs", "av_chance_R@1")},
+                         "speaker_linear": ev["audio_linear_top1"], "steps": args.steps,
+                         "loss": [run["first_loss"], run["last_loss"]], "minutes": run["minutes"]}
+            save()
+
+    lines = ["Speech probes on held-out utterances (val split, 25%): top-1 accuracy, linear probe / kNN (k=20). "
+             "Chance: speaker 1/9 = 11.1%, digit 1/10 = 10%.", "",
+             "| features | speaker linear | speaker kNN | digit linear | digit kNN |", "|---|---|---|---|---|"]
+    for name in list(baselines) + ["CPC"]:
+        r = res[name]
+        lines.append(f"| {name}{f' ({args.steps} steps)' if name == 'CPC' else ''} | {100 * r['speaker']['linear']:.1f}% | "
+                     f"{100 * r['speaker']['knn']:.1f}% | {100 * r['digit']['linear']:.1f}% | {100 * r['digit']['knn']:.1f}% |")
+    chance = res["AVC l3"]["av_chance_R@1"]
+    lines += ["", f"Frame <-> sound retrieval on {res['AVC l3']['av_pairs']} held-out stamps (chance R@1 "
+              f"{100 * chance:.1f}%, R@5 {500 * chance:.1f}%).", "",
+              "| model | visual→audio R@1 | R@5 | audio→visual R@1 | R@5 |", "|---|---|---|---|---|"]
+    for name in ("AVC l3, random init", "AVC l3", "AVC avid, random init", "AVC avid"):
+        r = res[name]
+        lines.append(f"| {name}{f' ({args.steps} steps)' if 'random' not in name else ''} | "
+                     f"{100 * r['visual_to_audio_R@1']:.1f}% | {100 * r['visual_to_audio_R@5']:.1f}% | "
+                     f"{100 * r['audio_to_visual_R@1']:.1f}% | {100 * r['audio_to_visual_R@5']:.1f}% |")
+    table = "\n".join(lines)
+    (args.out / "table.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
