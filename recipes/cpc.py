@@ -74,7 +74,10 @@ def main(argv) -> int:
 
     def evaluate(model, step):
         device = next(model.parameters()).device
-        features = lambda x: model.features(x.to(device))  # noqa: E731
+
+        def features(x):
+            return model.features(x.to(device))
+
         out = {}
         for p in cfg["probes"]:
             if cfg["input"] == "audio":

@@ -45,11 +45,6 @@ class AVC(nn.Module):
             self.visual_proj = mlp(visual.out_dim, hidden_dim, embed_dim, layers=2)
             self.audio_proj = mlp(audio.out_dim, hidden_dim, embed_dim, layers=2)
 
-    @property
-    def backbone(self):
-        """The audio tower: what the audio probes evaluate and `encoder/` holds."""
-        return self.audio
-
     def embed(self, image: torch.Tensor, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`avid`: normalised joint-space embeddings [B, E] of frames and sounds (retrieval)."""
         if self.mode == "l3":  # L3 has no joint space: retrieval ranks by the classifier's score
