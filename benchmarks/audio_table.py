@@ -129,9 +129,9 @@ def main(argv=None) -> int:
              "Chance: speaker 1/9 = 11.1%, digit 1/10 = 10%.", "",
              "| features | speaker linear | speaker kNN | digit linear | digit kNN |", "|---|---|---|---|---|"]
     for name in list(baselines) + ["CPC"]:
-        r = res[name]
-        lines.append(f"| {name}{f' ({args.steps} steps)' if name == 'CPC' else ''} | {100 * r['speaker']['linear']:.1f}% | "
-                     f"{100 * r['speaker']['knn']:.1f}% | {100 * r['digit']['linear']:.1f}% | {100 * r['digit']['knn']:.1f}% |")
+        r, label = res[name], f"{name} ({args.steps} steps)" if name == "CPC" else name
+        cells = [r[task][kind] for task in ("speaker", "digit") for kind in ("linear", "knn")]
+        lines.append(f"| {label} | " + " | ".join(f"{100 * c:.1f}%" for c in cells) + " |")
     chance = res["AVC l3"]["av_chance_R@1"]
     lines += ["", f"Frame <-> sound retrieval on {res['AVC l3']['av_pairs']} held-out stamps (chance R@1 "
               f"{100 * chance:.1f}%, R@5 {500 * chance:.1f}%).", "",

@@ -90,7 +90,8 @@ def main(argv=None) -> int:
             if name not in results or args.force:
                 results[name] = probe(features, cfg)
                 results_path.write_text(json.dumps(results, indent=1))
-            print(f"{name:38s} kNN {100 * results[name]['knn_top1']:5.1f}  linear {100 * results[name]['linear_top1']:5.1f}", flush=True)
+            r = results[name]
+            print(f"{name:38s} kNN {100 * r['knn_top1']:5.1f}  linear {100 * r['linear_top1']:5.1f}", flush=True)
     for name, (recipe, overrides) in METHODS.items():
         if name in results and results[name].get("steps") == args.steps and not args.force:
             continue

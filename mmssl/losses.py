@@ -233,7 +233,8 @@ def masked_patch_mse(pred: torch.Tensor, patches: torch.Tensor, mask: torch.Tens
     return (per_patch * mask).sum() / mask.sum()
 
 
-def videomae_loss(pred: torch.Tensor, tubelets: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True) -> torch.Tensor:
+def videomae_loss(pred: torch.Tensor, tubelets: torch.Tensor, mask: torch.Tensor,
+                  norm_pix: bool = True) -> torch.Tensor:
     """VideoMAE's reconstruction loss (Tong et al. 2022, https://arxiv.org/abs/2203.12602).
 
     tubelets [B, L, t*p*p, C] pixels in [0, 1] (`models.masking.tubelet_patchify`); mask bool [B, L],
