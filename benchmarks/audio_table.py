@@ -110,8 +110,8 @@ def main(argv=None) -> int:
         name = f"AVC {mode}, random init"
         if name not in res:
             torch.manual_seed(0)
-            model = avc.AVC(avc.build_encoder(avc.SMALL_RESNET), avc.build_encoder(avc.LOGMEL_CNN),
-                            **{**demo(avc, "avc")["avc"], "mode": mode}).eval()
+            cfg = demo(avc, "avc")
+            model = avc.build_objective({**cfg, "avc": {**cfg["avc"], "mode": mode}}).eval()
             res[name] = retrieval(model.pair_scores)
             save()
         name = f"AVC {mode}"

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Audio-visual correspondence on video shards with sound (mmssl.objectives.avc): L3-Net or AVID.
+"""Audio-visual correspondence on video shards with sound: L3-Net (mmssl.objectives.avc) or AVID
+(mmssl.objectives.avid).
 
     accelerate launch recipes/avc.py --config recipes/configs/avc_demo.yaml key=value ...
 
@@ -10,7 +11,10 @@ files are skipped and counted in the loader statistics (`data/no_audio_track`, .
 Keys: mmssl.train.TRAIN_DEFAULTS plus
   image_size, audio.*          frame size; sound window (sample_rate, seconds, n_mels, spec_augment)
   visual, audio_encoder        encoder specs (mmssl.models.encoders.build_encoder)
-  avc.*                        the objective: mode l3 | avid, hard_negatives, embed_dim, temperature
+  avc.mode                     l3 | avid
+  avc.hidden_dim               width of L3's classifier / AVID's projection heads
+  avc.hard_negatives           L3: share of negatives taken from the same video at another time
+  avc.embed_dim, temperature   AVID: joint space and InfoNCE temperature
   eval_split                   held-out videos for frame <-> sound retrieval R@1/5/10
   probe.data / split / train_split   a labelled audio set for kNN / linear probes of the audio tower
                                ('' skips them)
@@ -26,7 +30,8 @@ from mmssl.config import from_cli  # noqa: E402
 from mmssl.data import AudioField, AVPairField, build_loader, train_transform  # noqa: E402
 from mmssl.eval.av_tasks import audio_probes, av_retrieval  # noqa: E402
 from mmssl.models.encoders import build_encoder  # noqa: E402
-from mmssl.objectives.avc import AVC  # noqa: E402
+from mmssl.objectives.avc import L3  # noqa: E402
+from mmssl.objectives.avid import AVID  # noqa: E402
 from mmssl.recipe_image import SMALL_RESNET  # noqa: E402
 from mmssl.train import TRAIN_DEFAULTS, fit, start  # noqa: E402
 
@@ -53,6 +58,16 @@ def audio_field(cfg: dict, train: bool) -> AudioField:
                       spec_augment=a["spec_augment"] and train)
 
 
+def build_objective(cfg: dict):
+    a = cfg["avc"]
+    visual, audio = build_encoder(cfg["visual"]), build_encoder(cfg["audio_encoder"])
+    if a["mode"] == "l3":
+        return L3(visual, audio, a["hidden_dim"], a["hard_negatives"])
+    if a["mode"] == "avid":
+        return AVID(visual, audio, a["embed_dim"], a["hidden_dim"], a["temperature"])
+    raise ValueError(f"avc.mode must be 'l3' or 'avid', got '{a['mode']}'")
+
+
 def main(argv) -> int:
     cfg = from_cli(DEFAULTS, argv)
     accelerator = start(cfg)
@@ -60,7 +75,7 @@ def main(argv) -> int:
                         hard_negative=cfg["avc"]["hard_negatives"] > 0)
     loader = build_loader(cfg["data"]["train"], [field], cfg["batch_size"], num_workers=cfg["num_workers"],
                           seed=cfg["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"])
-    objective = AVC(build_encoder(cfg["visual"]), build_encoder(cfg["audio_encoder"]), **cfg["avc"])
+    objective = build_objective(cfg)
 
     def evaluate(model, step):
         device = next(model.parameters()).device

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from mmssl.data import AudioField, AVPairField, SkipSample, build_loader, train_transform
 from mmssl.losses import cpc_loss
 from mmssl.models.encoders import build_encoder
-from mmssl.objectives.avc import AVC
+from mmssl.objectives.avc import L3
+from mmssl.objectives.avid import AVID
 from mmssl.objectives.cpc import CPC, FrameSequence
 
 SMALL_RESNET = {"name": "resnet", "modality": "image", "config": {
@@ -66,7 +67,7 @@ def l3_reference(model, batch, shift):
 
 def test_l3_loss_is_cross_entropy_over_own_and_other_videos_sounds():
     torch.manual_seed(0)
-    model = AVC(build_encoder(SMALL_RESNET), build_encoder(SMALL_CNN), "l3", hidden_dim=16).eval()
+    model = L3(build_encoder(SMALL_RESNET), build_encoder(SMALL_CNN), hidden_dim=16).eval()
     batch = {"image": torch.randn(4, 3, 32, 32), "mel": torch.randn(4, 1, 16, 20)}
     torch.manual_seed(5)
     loss = model(batch)["loss"]
@@ -74,7 +75,7 @@ def test_l3_loss_is_cross_entropy_over_own_and_other_videos_sounds():
     shift = int(torch.randint(1, 4, ()))
     torch.testing.assert_close(loss, l3_reference(model, batch, shift))
     # Hard negatives: every negative is the same video's other window.
-    hard = AVC(model.visual, model.audio, "l3", hidden_dim=16, hard_negatives=1.0).eval()
+    hard = L3(model.visual, model.audio, hidden_dim=16, hard_negatives=1.0).eval()
     hard.fusion = model.fusion
     other = {**batch, "mel_other": torch.randn(4, 1, 16, 20)}
     v, a, a2 = model.visual(other["image"]), model.audio(other["mel"]), model.audio(other["mel_other"])
@@ -87,16 +88,15 @@ def test_l3_loss_is_cross_entropy_over_own_and_other_videos_sounds():
 
 def test_avid_loss_is_infonce_in_both_directions():
     torch.manual_seed(0)
-    model = AVC(build_encoder(SMALL_RESNET), build_encoder(SMALL_CNN), "avid", embed_dim=8, hidden_dim=16,
-                temperature=0.1).eval()
+    model = AVID(build_encoder(SMALL_RESNET), build_encoder(SMALL_CNN), embed_dim=8, hidden_dim=16,
+                 temperature=0.1).eval()
     batch = {"image": torch.randn(5, 3, 32, 32), "mel": torch.randn(5, 1, 16, 20)}
     v, a = model.embed(batch["image"], batch["mel"])
     ref = 0.0
     for i in range(5):
         ref += -torch.log_softmax(v[i] @ a.t() / 0.1, 0)[i] - torch.log_softmax(a[i] @ v.t() / 0.1, 0)[i]
     torch.testing.assert_close(model(batch)["loss"], ref / 10)
-    with pytest.raises(ValueError, match="'l3' or 'avid'"):
-        AVC(model.visual, model.audio, "l4")
+    assert model.pair_scores(batch["image"], batch["mel"]).shape == (5, 5)
 
 
 def test_audio_encoders_save_and_load_in_their_formats(tmp_path):
@@ -180,7 +180,8 @@ def test_avc_learns_on_real_sounds_and_pictures(mode, av_shards):
     torch.manual_seed(0)
     field = AVPairField(train_transform(32, scale=(0.5, 1.0)), AudioField(16000, 1.0, n_mels=32), train=True)
     batches = list(itertools.islice(build_loader(str(av_shards), [field], 16, num_workers=0, seed=0), 3))
-    model = AVC(build_encoder(SMALL_RESNET), build_encoder(SMALL_CNN), mode, embed_dim=32, hidden_dim=64)
+    visual, audio = build_encoder(SMALL_RESNET), build_encoder(SMALL_CNN)
+    model = L3(visual, audio, hidden_dim=64) if mode == "l3" else AVID(visual, audio, embed_dim=32, hidden_dim=64)
     logs = train_steps(model, batches, 40, 1e-3)
     first, last = mean(logs, "loss", logs[:5]), mean(logs, "loss", logs[-5:])
     acc = mean(logs, "acc", logs[-5:])
@@ -217,5 +218,5 @@ def test_image_and_sound_stored_as_separate_members_feed_avc(tmp_path):
     fields = [ImageField(train_transform(32)), AudioField(16000, 1.0, n_mels=32)]
     batch = next(iter(build_loader(str(shard), fields, 6, num_workers=0, seed=0)))
     assert batch["image"].shape == (6, 3, 32, 32) and batch["mel"].shape == (6, 1, 32, 101)
-    model = AVC(build_encoder(SMALL_RESNET), build_encoder(SMALL_CNN), "avid", embed_dim=8, hidden_dim=16)
+    model = AVID(build_encoder(SMALL_RESNET), build_encoder(SMALL_CNN), embed_dim=8, hidden_dim=16)
     assert torch.isfinite(model(batch)["loss"])
