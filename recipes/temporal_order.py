@@ -8,6 +8,7 @@ recipes) and `temporal_order.*`:
   task         verify (Shuffle and Learn, in order or not) | sort (order prediction, 12 classes)
   hidden_dim   width of the classifier
   eval_frames  frames whose features are concatenated, in order, as the clip feature for probes
+  fusion       difference (default: the classifier sees feature differences between frames) | concat
 
 After training, `encoder/` holds the frame encoder (a transformers backbone loads with AutoModel).
 """
@@ -23,7 +24,8 @@ from mmssl.recipe_image import SMALL_RESNET  # noqa: E402
 from mmssl.recipe_video import VIDEO_DEFAULTS, run_video_recipe  # noqa: E402
 
 DEFAULTS = {**VIDEO_DEFAULTS, "output_dir": "runs/temporal_order", "image_size": 64, "backbone": SMALL_RESNET,
-            "temporal_order": {"task": "verify", "hidden_dim": 512, "eval_frames": 4}}
+            "temporal_order": {"task": "verify", "hidden_dim": 512, "eval_frames": 4,
+                               "fusion": "difference"}}
 
 
 def objective(cfg):

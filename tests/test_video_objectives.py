@@ -172,8 +172,8 @@ def test_temporal_order_heads_and_clip_features():
     video = torch.randn(4, 16, 3, 32, 32)
     frames = gather_frames(video, torch.tensor([[0, 3, 9]] * 4))
     assert torch.equal(frames[2, 1], video[2, 3])
-    for task, classes in (("verify", 2), ("sort", 12)):
-        model = TemporalOrder(build_encoder(SMALL_RESNET), task, hidden_dim=32, eval_frames=4)
+    for (task, classes), fusion in itertools.product((("verify", 2), ("sort", 12)), ("difference", "concat")):
+        model = TemporalOrder(build_encoder(SMALL_RESNET), task, hidden_dim=32, eval_frames=4, fusion=fusion)
         logits, labels, _ = model.logits(video)
         assert logits.shape == (4, classes) and labels.max() < classes
         out = model({"video": video})
@@ -181,3 +181,18 @@ def test_temporal_order_heads_and_clip_features():
         assert model.eval().video_features(video).shape == (4, 4 * 512)
     with pytest.raises(ValueError, match="verify' or 'sort"):
         TemporalOrder(build_encoder(SMALL_RESNET), "odd")
+    with pytest.raises(ValueError, match="fusion must be 'difference' or 'concat', got 'sum'"):
+        TemporalOrder(build_encoder(SMALL_RESNET), "verify", fusion="sum")
+
+
+def test_difference_fusion_feeds_steps_between_frames():
+    """verify sees [f2 - f1, f3 - f2]; a sort pair sees f_j - f_i; concat sees the features whole."""
+    a, b = torch.randn(3, 5), torch.randn(3, 5)
+
+    class Enc(torch.nn.Identity):
+        out_dim = 5
+
+    diff, cat = TemporalOrder(Enc(), fusion="difference"), TemporalOrder(Enc(), fusion="concat")
+    assert torch.equal(diff.fuse(a, b), b - a) and torch.equal(cat.fuse(a, b), torch.cat([a, b], 1))
+    assert diff.classifier[0].in_features == 10 and cat.classifier[0].in_features == 15
+    assert TemporalOrder(Enc(), "sort", fusion="difference").pair.in_features == 5

@@ -12,6 +12,16 @@ Two tasks share the sampling and the frame encoder:
   forwards and backwards are equally plausible. Features of every frame pair are fused by a
   shared MLP (the paper's pairwise feature extraction) and a linear layer names the class.
 
+Fusion. How the frame features meet the classifier: `concat`, as in both papers (the verify
+classifier sees [f_1, f_2, f_3]; a sort pair is [f_i, f_j]), or `difference` (the default): the
+verify classifier sees the steps [f_2 - f_1, f_3 - f_2] and a sort pair is f_j - f_i, the
+"difference" fusion that Fernando et al. found best for odd-one-out learning (O3N,
+https://arxiv.org/abs/1611.06646). The default is measured, not taken on trust: on the motion set
+at CPU-demo scale, `concat` stayed at chance (verify loss 0.690-0.697 over 1,200 steps; sort at 1/12)
+while `difference` reached over 90% verify accuracy on held-out clips within 200 steps. Telling
+"between" from "outside" asks concat's MLP to learn a comparison of distances from scratch; with
+differences the comparison is one layer away.
+
 Sampling. The paper samples from high-motion windows (optical flow). We use the simpler rule of
 weighting each candidate window by its mean absolute frame difference, so still stretches of a
 clip are rarely used and, on clips that move evenly, every window is equally likely. Frames are
@@ -87,17 +97,24 @@ class TemporalOrder(nn.Module):
 
     batch_keys = ("video",)
 
-    def __init__(self, frame_encoder: nn.Module, task: str = "verify", hidden_dim: int = 512, eval_frames: int = 4):
+    def __init__(self, frame_encoder: nn.Module, task: str = "verify", hidden_dim: int = 512, eval_frames: int = 4,
+                 fusion: str = "difference"):
         super().__init__()
         if task not in ("verify", "sort"):
             raise ValueError(f"temporal_order.task must be 'verify' or 'sort', got '{task}'")
-        self.backbone, self.task, self.eval_frames = frame_encoder, task, eval_frames
+        if fusion not in ("difference", "concat"):
+            raise ValueError(f"temporal_order.fusion must be 'difference' or 'concat', got '{fusion}'")
+        self.backbone, self.task, self.eval_frames, self.fusion = frame_encoder, task, eval_frames, fusion
         d = frame_encoder.out_dim
         if task == "verify":
-            self.classifier = mlp(3 * d, hidden_dim, 2, layers=2, norm="none")
+            self.classifier = mlp((3 if fusion == "concat" else 2) * d, hidden_dim, 2, layers=2, norm="none")
         else:
-            self.pair = nn.Linear(2 * d, hidden_dim)
+            self.pair = nn.Linear((2 if fusion == "concat" else 1) * d, hidden_dim)
             self.classifier = nn.Sequential(nn.ReLU(), nn.Linear(6 * hidden_dim, len(ORDER_CLASSES)))
+
+    def fuse(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """Two frames' features [B, D] -> the pair's input [B, 2D] (concat) or [B, D] (difference)."""
+        return torch.cat([first, second], 1) if self.fusion == "concat" else second - first
 
     def logits(self, video: torch.Tensor):
         """-> (logits [B, 2 or 12], labels [B], frame features [B, k, D])."""
@@ -107,8 +124,10 @@ class TemporalOrder(nn.Module):
         b, k = frames.shape[:2]
         feats = self.backbone(frames.flatten(0, 1)).view(b, k, -1)
         if self.task == "verify":
-            return self.classifier(feats.flatten(1)), labels, feats
-        pairs = [self.pair(torch.cat([feats[:, i], feats[:, j]], 1)) for i, j in itertools.combinations(range(k), 2)]
+            x = feats.flatten(1) if self.fusion == "concat" else torch.cat([self.fuse(feats[:, 0], feats[:, 1]),
+                                                                           self.fuse(feats[:, 1], feats[:, 2])], 1)
+            return self.classifier(x), labels, feats
+        pairs = [self.pair(self.fuse(feats[:, i], feats[:, j])) for i, j in itertools.combinations(range(k), 2)]
         return self.classifier(torch.cat(pairs, 1)), labels, feats
 
     def forward(self, batch: dict, progress: float = 0.0) -> dict:
