@@ -1,4 +1,5 @@
-"""The video recipes on real clips: VideoMAE's loss falls, both recipes run with 2 gloo processes
+"""The video recipes on real clips: VideoMAE's loss falls, temporal order beats chance on held-out
+clips, both recipes run with 2 gloo processes
 and save in their formats, and bad videos in the stream are skipped and counted."""
 from __future__ import annotations
 
@@ -25,29 +26,62 @@ TINY = ("videomae.config.hidden_size=32", "videomae.config.num_hidden_layers=1",
         "videomae.config.decoder_intermediate_size=32")
 
 
-def test_videomae_learns_on_real_clips(motion_shards):
-    """With raw-pixel targets (the paper's `norm_pix_loss: false` ablation) the loss falls clearly
-    within a test's budget. With per-tubelet normalised targets (the default) it falls too slowly on
-    this set to test robustly in seconds; `test_videomae_loss_*` in test_video_objectives.py check
-    that loss against its formula and against transformers' own."""
+@pytest.mark.parametrize("norm_pix,batches,steps,lr,min_fall", [(False, 3, 40, 1e-3, 0.5), (True, 6, 600, 2e-3, 0.05)])
+def test_videomae_learns_on_real_clips(norm_pix, batches, steps, lr, min_fall, motion_shards):
+    """Loss on the same clips and tube masks before and after training. With the default per-tubelet
+    normalised targets it must fall by 5% (measured 0.928 -> 0.852 in 600 steps): a network that
+    predicts nothing scores about 1 there, except on flat patches (white background) whose
+    normalised target is 0, so each point is structure read from the visible 10%. Raw-pixel
+    targets (the paper's `norm_pix_loss: false` ablation) are far easier: the loss must halve."""
     torch.manual_seed(0)
     loader = build_loader(str(motion_shards), [VideoField(8, 2, 64, train=True)], 8, num_workers=0, seed=0)
-    batches = list(itertools.islice(loader, 3))
+    fixed = list(itertools.islice(loader, batches))
     cfg = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
            "decoder_hidden_size": 32, "decoder_num_hidden_layers": 1, "decoder_num_attention_heads": 2,
-           "decoder_intermediate_size": 64, "norm_pix_loss": False}
+           "decoder_intermediate_size": 64, "norm_pix_loss": norm_pix, "patch_size": 16}
     model = VideoMAE(load_videomae("", cfg, 8, 64), 0.9)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses = []
-    for batch in itertools.islice(itertools.cycle(batches), 40):
-        out = model(batch)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+
+    def loss_on_fixed_masks() -> float:
+        torch.manual_seed(1)  # the same tube masks before and after training
+        with torch.no_grad():
+            return sum(float(model(b)["loss"]) for b in fixed) / len(fixed)
+
+    first = loss_on_fixed_masks()
+    for batch in itertools.islice(itertools.cycle(fixed), steps):
+        loss = model(batch)["loss"]
         opt.zero_grad()
-        out["loss"].backward()
+        loss.backward()
         opt.step()
-        losses.append(float(out["loss"].detach()))
-    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
-    print(f"videomae: loss {first:.4f} -> {last:.4f}")
-    assert last < 0.5 * first, f"loss did not fall ({first:.4f} -> {last:.4f})"
+    last = loss_on_fixed_masks()
+    print(f"videomae (norm_pix_loss={norm_pix}): loss {first:.4f} -> {last:.4f}")
+    assert last < (1 - min_fall) * first, f"loss did not fall by {min_fall:.0%} ({first:.4f} -> {last:.4f})"
+
+
+@pytest.mark.parametrize("task,steps,floor", [("verify", 100, 0.7), ("sort", 100, 0.25)])
+def test_temporal_order_learns_on_real_clips(task, steps, floor, motion_shards):
+    """Held-out photos' clips: verify accuracy clearly above its chance of 1/2, sort above 1/12."""
+    from mmssl.models.encoders import build_encoder
+    from mmssl.objectives.temporal_order import TemporalOrder
+    from mmssl.recipe_image import SMALL_RESNET
+
+    torch.manual_seed(0)
+    train = build_loader(str(motion_shards), [VideoField(16, 1, 64, train=True)], 16, num_workers=0, seed=0)
+    test = build_loader(str(motion_shards), [VideoField(16, 1, 64, train=False)], 64, split="test", shuffle=False,
+                        drop_last=False, num_workers=0, rank=0, world_size=1)
+    test_clips = torch.cat([b["video"] for b in test])
+    model = TemporalOrder(build_encoder(SMALL_RESNET), task, hidden_dim=256)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    for batch in itertools.islice(itertools.cycle(train), steps):
+        loss = model(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():  # 20 draws of tuples from every held-out clip
+        acc = sum(float(model({"video": test_clips})["acc"]) for _ in range(20)) / 20
+    print(f"temporal order ({task}): held-out accuracy {acc:.3f} on {len(test_clips)} clips")
+    assert acc > floor, f"{task} accuracy {acc:.3f} is not clearly above chance"
 
 
 def run_files(run):
