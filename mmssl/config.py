@@ -3,6 +3,11 @@
 Every key must exist in the recipe's defaults, and every value must have the default's type, so a
 typo (`data.trian=...`) or a wrong value (`lr=fast`) is one clear line naming the field, not a
 silent no-op. Values of overrides are parsed as YAML (`lr=3e-4`, `resume=true`, `eval_tasks=[knn]`).
+
+Two kinds of dict take keys the defaults do not list: an empty default (`model.kwargs: {}`), and a
+model's own `config` (`backbone.config.groups_width=64`), whose keys belong to the model's
+transformers config class and are checked there, by the encoder builder, with the same one-line
+error for a key that class does not have.
 """
 from __future__ import annotations
 
@@ -63,7 +68,8 @@ def _set(cfg: dict, dotted: str, value, defaults_flat: dict) -> None:
         if parent is not None:
             for part in parent.split("."):
                 node = node.get(part) if isinstance(node, dict) else None
-        free_form = parent is not None and isinstance(node, dict) and parent in defaults_flat
+        free_form = parent is not None and isinstance(node, dict) and (parent in defaults_flat
+                                                                       or parent.rsplit(".", 1)[-1] == "config")
         if not free_form:
             close = difflib.get_close_matches(dotted, list(defaults_flat), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""

@@ -23,6 +23,16 @@ def test_overrides_are_parsed_as_yaml_and_checked():
     assert DEFAULTS["data"]["train"] == "a"  # defaults are not mutated
 
 
+def test_a_model_config_takes_keys_its_default_does_not_list():
+    """`backbone.config` holds a transformers config: any key of the model's config class may be
+    set (the encoder builder checks it); keys elsewhere stay strict."""
+    defaults = {"backbone": {"name": "resnet", "config": {"model_type": "resnet", "depths": [1, 1]}}}
+    cfg = merge(defaults, {"backbone": {"config": {"model_type": "regnet", "groups_width": 32}}})
+    assert cfg["backbone"]["config"] == {"model_type": "regnet", "depths": [1, 1], "groups_width": 32}
+    with pytest.raises(ConfigError, match="unknown config key 'backbone.nmae'"):
+        merge(defaults, None, ["backbone.nmae=x"])
+
+
 @pytest.mark.parametrize("override, message", [
     ("data.trian=x", "unknown config key 'data.trian' (did you mean 'data.train'?)"),
     ("lr=fast", "config field 'lr' must be float, got 'fast'"),

@@ -107,6 +107,8 @@ def test_trust_remote_code_is_off_unless_asked(tmp_path):
     ({"name": "resnet18", "modality": "audio"}, "is an image encoder, not audio"),
     ({"name": "resnet18", "modality": "smell"}, "modality must be image, text or audio"),
     ({"name": "/no/such/folder/model"}, "cannot load encoder '/no/such/folder/model'"),
+    ({"name": "resnet", "config": {"model_type": "resnet", "depths": [1], "hidden_sizes": [8], "hiden_act": "relu"}},
+     r"encoder config \(resnet\): unknown key 'hiden_act' \(see transformers.ResNetConfig\)"),
 ])
 def test_bad_encoder_specs(spec, message):
     with pytest.raises(EncoderSpecError, match=message):

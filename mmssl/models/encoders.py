@@ -163,6 +163,14 @@ class HFEncoder(nn.Module):
         self.model.save_pretrained(str(directory), safe_serialization=True)
 
 
+def check_config_keys(config_class, keys, where: str) -> None:
+    """Raise EncoderSpecError naming the first of `keys` that `config_class` (a transformers config)
+    does not define: transformers would keep a misspelt key as a silent extra attribute."""
+    unknown = sorted(set(keys) - set(config_class().to_dict()))
+    if unknown:
+        raise EncoderSpecError(f"{where}: unknown key '{unknown[0]}' (see transformers.{config_class.__name__})")
+
+
 def _load_hf(name: str, modality: str, config: dict, trust_remote_code: bool) -> nn.Module:
     import transformers
     from transformers import AutoConfig, AutoModel
@@ -174,6 +182,7 @@ def _load_hf(name: str, modality: str, config: dict, trust_remote_code: bool) ->
             hf_cfg = AutoConfig.for_model(model_type, **cfg)
         except ValueError as exn:
             raise EncoderSpecError(f"encoder config: {exn}") from None
+        check_config_keys(type(hf_cfg), cfg, f"encoder config ({model_type})")
         return _tower(AutoModel.from_config(hf_cfg, trust_remote_code=trust_remote_code), modality)
     try:
         hf_cfg = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)

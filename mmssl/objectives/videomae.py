@@ -25,7 +25,7 @@ from torch import nn
 from ..collapse import embedding_std
 from ..data.image import IMAGENET_MEAN, IMAGENET_STD
 from ..losses import videomae_loss
-from ..models.encoders import EncoderSpecError
+from ..models.encoders import EncoderSpecError, check_config_keys
 from ..models.masking import tube_mask, tubelet_patchify
 
 # ViT-S/16-sized defaults are the GPU config's business; this is what `config: {}` gives.
@@ -41,10 +41,7 @@ def load_videomae(init: str, config: dict, num_frames: int, image_size: int):
     from transformers import VideoMAEConfig, VideoMAEForPreTraining
 
     if not init:
-        known = VideoMAEConfig().to_dict()
-        unknown = sorted(set(config) - set(known))
-        if unknown:  # transformers would keep a misspelt key as a silent extra attribute
-            raise EncoderSpecError(f"videomae.config: unknown key '{unknown[0]}' (see transformers.VideoMAEConfig)")
+        check_config_keys(VideoMAEConfig, config, "videomae.config")
         return VideoMAEForPreTraining(VideoMAEConfig(**{**TINY, "tubelet_size": 2, "patch_size": 16, "norm_pix_loss": True,
                                                         **config, "num_frames": num_frames, "image_size": image_size}))
     try:
