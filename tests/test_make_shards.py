@@ -90,6 +90,23 @@ def test_split_dirs_keep_the_official_splits(fashion_shards):
     assert torch.bincount(labels, minlength=10).tolist() == [10] * 10
 
 
+def test_class_folders_are_written_in_a_seeded_shuffle(fashion_shards, tmp_path):
+    """Sorted paths would put each class's files together, and a loader's shuffle buffer only mixes
+    nearby samples: batches of one or two classes. Shards are written in a seeded shuffle instead;
+    `--keep-order` keeps the sorted order."""
+    def first_labels(out, n=50):
+        loader = build_loader(out, [LabelField()], n, split="train", shuffle=False, drop_last=False)
+        return next(iter(loader))["label"]
+
+    assert len(first_labels(fashion_shards).unique()) >= 8  # 50 of 400 samples, 10 classes
+    raw = fashion_shards / ".raw"
+    again, ordered = tmp_path / "again", tmp_path / "ordered"
+    make_shards("images", raw, again, "--split-dirs")
+    make_shards("images", raw, ordered, "--split-dirs", "--keep-order")
+    assert torch.equal(first_labels(again), first_labels(fashion_shards))  # the same seed, the same order
+    assert len(first_labels(ordered).unique()) <= 2
+
+
 def test_keys_are_stable_across_runs(stamp_tree, image_shards, tmp_path):
     make_shards("images", stamp_tree, tmp_path / "again", "--samples-per-shard", "5", "--val-fraction", "0.2",
                 "--workers", "2")

@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import random
 import re
 import sys
 import time
@@ -371,7 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--max-shard-bytes", type=int, default=None, help="start a new shard past this size")
         sp.add_argument("--workers", type=int, default=1, help="parallel encoding processes")
         sp.add_argument("--val-fraction", type=float, default=0.0, help="share of inputs in the val split, by key hash")
-        sp.add_argument("--seed", type=int, default=0, help="seed of the val split hash")
+        sp.add_argument("--seed", type=int, default=0, help="seed of the val split hash and of the write order")
+        sp.add_argument("--keep-order", action="store_true",
+                        help="write inputs in sorted path order instead of a seeded shuffle")
         sp.add_argument("--resume", action="store_true", help="finish an interrupted run into the same OUT")
         sp.add_argument("--overwrite", action="store_true", help="delete OUT's shards and start again")
         sp.add_argument("--no-progress", action="store_true")
@@ -475,6 +478,11 @@ def run(args) -> int:
     done_items = {k for rec in journal.shards.values() for k in rec.get("items", [])}
     done_keys = journal.done_keys()
     todo = [it for it in items if it.key not in done_items]
+    if not getattr(args, "keep_order", False):
+        # Sorted paths put a class folder's files side by side, and a loader's shuffle buffer only
+        # mixes nearby samples: batches would hold one or two classes (few negatives from other
+        # classes, skewed BatchNorm statistics). A seeded shuffle keeps runs reproducible.
+        random.Random(args.seed).shuffle(todo)
     opts = {k: getattr(args, k, None) for k in ("max_size", "format", "max_seconds", "fps", "clip_seconds", "sample_rate")}
     writers: dict = {}
 
