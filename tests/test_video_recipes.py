@@ -29,7 +29,7 @@ TINY = ("videomae.config.hidden_size=32", "videomae.config.num_hidden_layers=1",
 @pytest.mark.parametrize("norm_pix,batches,steps,lr,min_fall", [(False, 3, 40, 1e-3, 0.5), (True, 6, 600, 2e-3, 0.05)])
 def test_videomae_learns_on_real_clips(norm_pix, batches, steps, lr, min_fall, motion_shards):
     """Loss on the same clips and tube masks before and after training. With the default per-tubelet
-    normalised targets it must fall by 5% (measured 0.928 -> 0.852 in 600 steps): a network that
+    normalised targets it must fall by 5% (measured 0.918 -> 0.843 in 600 steps): a network that
     predicts nothing scores about 1 there, except on flat patches (white background) whose
     normalised target is 0, so each point is structure read from the visible 10%. Raw-pixel
     targets (the paper's `norm_pix_loss: false` ablation) are far easier: the loss must halve."""
@@ -58,7 +58,7 @@ def test_videomae_learns_on_real_clips(norm_pix, batches, steps, lr, min_fall, m
     assert last < (1 - min_fall) * first, f"loss did not fall by {min_fall:.0%} ({first:.4f} -> {last:.4f})"
 
 
-@pytest.mark.parametrize("task,steps,floor", [("verify", 100, 0.7), ("sort", 100, 0.25)])
+@pytest.mark.parametrize("task,steps,floor", [("verify", 100, 0.7), ("sort", 150, 0.2)])
 def test_temporal_order_learns_on_real_clips(task, steps, floor, motion_shards):
     """Held-out photos' clips: verify accuracy clearly above its chance of 1/2, sort above 1/12."""
     from mmssl.models.encoders import build_encoder
