@@ -84,3 +84,10 @@ def test_every_recipe_config_is_valid_for_its_recipe():
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         from_cli(module.DEFAULTS, ["--config", str(path)])
+
+
+def test_empty_eval_tasks_measure_nothing_and_read_nothing():
+    """`eval_tasks=[]` used to fall through to the joint image-text path and crash on a backbone."""
+    from mmssl.eval.tasks import run_tasks
+
+    assert run_tasks(object(), [], "no/such/shards") == {}

@@ -37,6 +37,8 @@ def run_tasks(model, tasks, data: str, split: str = "val", image_size: int = 224
     if unknown:
         raise ValueError(f"unknown eval task '{unknown[0]}' (choose from {', '.join(TASKS)})")
     out: dict = {}
+    if not tasks:  # `eval_tasks=[]`: nothing to measure, so read nothing
+        return out
     needs_labels = any(t in tasks for t in ("knn", "linear", "zero-shot"))
     ev = _loader(data, split, image_size, "retrieval" in tasks, needs_labels, batch_size, workers)
     test = extract(ev, lambda b: model.image_features(b["image"]) if any(t in tasks for t in ("knn", "linear"))
