@@ -27,8 +27,9 @@ IMAGE_SSL_DEFAULTS = {
     "data": {"train": "shards/fashion_mnist", "val": "shards/fashion_mnist", "shuffle_buffer": 1000},
     "image_size": 32,
     "backbone": SMALL_RESNET,
-    # Views: crop scale, blur and solarize probabilities (BYOL's asymmetric pair uses two values).
-    "augment": {"scale_min": 0.2, "blur": 0.0, "solarize": 0.0, "local_size": 16, "n_local": 4,
+    # Views: crop scale, colour-jitter strength, blur and solarize probabilities (BYOL's asymmetric
+    # pair uses two values).
+    "augment": {"scale_min": 0.2, "color": 1.0, "blur": 0.0, "solarize": 0.0, "local_size": 16, "n_local": 4,
                 "local_scale_max": 0.4},
     "eval_tasks": ["knn", "linear"],
     "eval_split": "val",
@@ -39,7 +40,7 @@ IMAGE_SSL_DEFAULTS = {
 def two_views(cfg: dict) -> list:
     """`views`: two SimCLR-style augmentations of each image."""
     a = cfg["augment"]
-    t = ssl_augment(cfg["image_size"], (a["scale_min"], 1.0), blur=a["blur"], solarize=a["solarize"])
+    t = ssl_augment(cfg["image_size"], (a["scale_min"], 1.0), blur=a["blur"], solarize=a["solarize"], color=a["color"])
     return [ImageField(TwoViews(t), out_key="views")]
 
 
@@ -47,7 +48,7 @@ def multi_crop(cfg: dict) -> list:
     """`views`: 2 global crops then `n_local` small ones (DINO, SwAV)."""
     a = cfg["augment"]
     crops = MultiCrop(cfg["image_size"], a["local_size"], 2, a["n_local"], global_scale=(a["scale_min"], 1.0),
-                      local_scale=(0.05, a["local_scale_max"]))
+                      local_scale=(0.05, a["local_scale_max"]), color=a["color"])
     return [ImageField(crops, out_key="views")]
 
 

@@ -113,6 +113,17 @@ def test_two_views_and_multi_crop_shapes():
     assert [tuple(c.shape[1:]) for c in crops] == [(32, 32)] * 2 + [(16, 16)] * 4
 
 
+def test_colour_jitter_strength_zero_keeps_intensities_and_positive_changes_them():
+    # A flat grey image: crops and flips cannot change it, so only the colour jitter can.
+    img = Image.new("RGB", (28, 28), (100, 100, 100))
+    torch.manual_seed(0)
+    plain = ssl_augment(32, (1.0, 1.0), blur=0.0, color=0.0)
+    reference = plain(img)
+    assert all(torch.equal(plain(img), reference) for _ in range(20))
+    jittered = ssl_augment(32, (1.0, 1.0), blur=0.0, color=1.0)
+    assert sum(not torch.allclose(jittered(img), reference) for _ in range(20)) >= 10  # p = 0.8 per draw
+
+
 def test_transparent_cutouts_are_composited_on_white():
     img = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
     buf = io.BytesIO()

@@ -32,7 +32,7 @@ from mmssl.objectives.swav import SwAV
 from mmssl.recipe_image import SMALL_RESNET, multi_crop, one_image, two_views
 
 SIZE, BATCH, STEPS = 32, 32, 30
-AUG = {"image_size": SIZE, "augment": {"scale_min": 0.3, "blur": 0.0, "solarize": 0.0, "local_size": 16, "n_local": 2,
+AUG = {"image_size": SIZE, "augment": {"scale_min": 0.3, "color": 1.0, "blur": 0.0, "solarize": 0.0, "local_size": 16, "n_local": 2,
                                        "local_scale_max": 0.4}}
 BACKBONE = {**SMALL_RESNET, "config": {**SMALL_RESNET["config"], "hidden_sizes": [32, 64, 128, 256]}}
 

@@ -10,14 +10,17 @@ from torchvision.transforms import v2
 from .image import to_tensor
 
 
-def ssl_augment(size: int, scale=(0.08, 1.0), blur: float = 0.5, solarize: float = 0.0) -> v2.Compose:
-    """The SimCLR/BYOL augmentation: crop, flip, colour jitter, grayscale, blur, optional solarize."""
-    steps = [
-        v2.RandomResizedCrop(size, scale=scale, antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-        v2.RandomGrayscale(p=0.2),
-    ]
+def ssl_augment(size: int, scale=(0.08, 1.0), blur: float = 0.5, solarize: float = 0.0,
+                color: float = 1.0) -> v2.Compose:
+    """The SimCLR/BYOL augmentation: crop, flip, colour jitter, grayscale, blur, optional solarize.
+
+    `color` scales the jitter (SimCLR's strength s: brightness and contrast 0.4 s, saturation
+    0.2 s, hue 0.1 s); 0 leaves intensities alone.
+    """
+    steps = [v2.RandomResizedCrop(size, scale=scale, antialias=True), v2.RandomHorizontalFlip()]
+    if color > 0:
+        steps += [v2.RandomApply([v2.ColorJitter(0.4 * color, 0.4 * color, 0.2 * color, 0.1 * color)], p=0.8),
+                  v2.RandomGrayscale(p=0.2)]
     if blur > 0:
         kernel = max(3, (size // 10) | 1)  # about 10% of the image, odd
         steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=blur))
@@ -41,9 +44,9 @@ class MultiCrop:
     """`n_global` large crops then `n_local` small crops (DINO, SwAV)."""
 
     def __init__(self, global_size=224, local_size=96, n_global=2, n_local=6,
-                 global_scale=(0.4, 1.0), local_scale=(0.05, 0.4)):
-        self.global_t = ssl_augment(global_size, global_scale)
-        self.local_t = ssl_augment(local_size, local_scale)
+                 global_scale=(0.4, 1.0), local_scale=(0.05, 0.4), color: float = 1.0):
+        self.global_t = ssl_augment(global_size, global_scale, color=color)
+        self.local_t = ssl_augment(local_size, local_scale, color=color)
         self.n_global, self.n_local = n_global, n_local
 
     def __call__(self, img):
