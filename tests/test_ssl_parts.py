@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from mmssl.collapse import effective_rank
 from mmssl.models.ema import ema_update, make_target
 from mmssl.models.queue import FeatureQueue
 from mmssl.objectives.dino import DINO
@@ -112,3 +113,18 @@ def test_cut_tiles_takes_a_crop_from_each_cell_in_row_major_order():
     tiles = cut_tiles(img, grid=2, crop=0.75, tile_size=3)
     assert tiles.shape == (1, 4, 1, 3, 3)
     assert [float(t.mean()) for t in tiles[0]] == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_effective_rank_is_rankme_and_sees_dimensional_collapse():
+    torch.manual_seed(0)
+    features = torch.randn(50, 8) @ torch.diag(torch.tensor([5.0, 3, 2, 1, 1, 0.5, 0.1, 0.01]))
+    # Garrido et al. 2023, eq. 1, one singular value at a time.
+    sigma = [float(s) for s in torch.linalg.svdvals(features.double())]
+    p = [s / sum(sigma) + 1e-7 for s in sigma]
+    reference = math.exp(-sum(pk * math.log(pk) for pk in p))
+    assert math.isclose(effective_rank(features), reference, rel_tol=1e-9)
+    assert math.isclose(effective_rank(torch.eye(6) * 3.0), 6.0, rel_tol=1e-5)  # six equal directions
+    one_direction = torch.randn(40, 1) * torch.randn(1, 16)  # every row on one line: full collapse
+    assert effective_rank(one_direction) < 1.01
+    spread, squeezed = torch.randn(200, 16), torch.randn(200, 16) * torch.tensor([10.0, 10.0] + [0.1] * 14)
+    assert effective_rank(spread) > 12 > 4 > effective_rank(squeezed)

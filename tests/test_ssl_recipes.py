@@ -31,6 +31,7 @@ def test_recipe_runs_with_two_processes_and_saves_an_encoder(name, fashion_shard
     final = [r for r in records if r.get("event") == "eval"][-1]
     assert final["eval_samples"] == 100  # the whole test split, 10 per class
     assert 0.0 <= final["knn_top1@20"] <= 1.0 and 0.0 <= final["linear_top1"] <= 1.0
+    assert 1.0 <= final["feature_rank"] <= 100  # RankMe of 100 test features
 
     from mmssl.models.encoders import build_encoder
 

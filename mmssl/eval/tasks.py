@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..collapse import effective_rank
 from ..data import ImageField, LabelField, TextField, build_loader, eval_transform, read_manifest
 from .features import extract
 from .knn import knn_accuracy
@@ -44,6 +45,9 @@ def run_tasks(model, tasks, data: str, split: str = "val", image_size: int = 224
     test = extract(ev, lambda b: model.image_features(b["image"]) if any(t in tasks for t in ("knn", "linear"))
                    else model.image_embed(b["image"]))
     out["eval_samples"] = len(test["key"])
+    if any(t in tasks for t in ("knn", "linear")):
+        # Label-free health of the frozen features: how many directions they really use.
+        out["feature_rank"] = effective_rank(test["features"])
     if any(t in tasks for t in ("knn", "linear")):
         tr = extract(_loader(data, train_split, image_size, False, True, batch_size, workers),
                      lambda b: model.image_features(b["image"]))
