@@ -7,8 +7,10 @@ Builds the shards if needed (tools/build_fashion_mnist.py: 1,000 train images pe
 10,000-image official test split). Pretrains each method with its recipe and
 `recipes/configs/<method>_demo.yaml` (the small ResNet at 32 px, batch 256, --steps steps, AdamW,
 one CPU process), then reports kNN (k=20) and linear-probe top-1 on the test split, with the 10k
-training images as the bank and the probe's training set. Baselines in the same run: the same
-backbone randomly initialised (and MAE's ViT randomly initialised), and raw pixels.
+training images as the bank and the probe's training set, and the RankMe effective rank of the
+test features (mmssl.collapse.effective_rank; dimensional collapse shows as a low rank). Baselines
+in the same run: the same backbone randomly initialised (and MAE's ViT randomly initialised), and
+raw pixels.
 
 Writes OUT/table.md, OUT/results.json and OUT/table.png. A method whose results are already in
 OUT/results.json with the same steps is not trained again (--force retrains).
@@ -65,7 +67,8 @@ def train(method: str, steps: int, out: Path, recipe: str | None = None, overrid
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
     train_logs = [r for r in records if "loss" in r]
     final_eval = [r for r in records if r.get("event") == "eval"][-1]
-    return {"knn_top1": final_eval.get("knn_top1@20"), "linear_top1": final_eval.get("linear_top1"), "eval": final_eval,
+    return {"knn_top1": final_eval.get("knn_top1@20"), "linear_top1": final_eval.get("linear_top1"),
+            "feature_rank": final_eval.get("feature_rank"), "eval": final_eval,
             "first_loss": train_logs[0]["loss"], "last_loss": train_logs[-1]["loss"],
             "embed_std": train_logs[-1].get("embed_std"), "minutes": (time.time() - started) / 60, "steps": steps}
 
@@ -112,7 +115,8 @@ def main(argv=None) -> int:
     for name, model in baselines.items():
         if name not in results or args.force:
             metrics = evaluate(model)
-            results[name] = {"knn_top1": metrics["knn_top1@20"], "linear_top1": metrics["linear_top1"]}
+            results[name] = {"knn_top1": metrics["knn_top1@20"], "linear_top1": metrics["linear_top1"],
+                             "feature_rank": metrics["feature_rank"]}
             results_path.write_text(json.dumps(results, indent=1))
         print(f"{name:26s} kNN {100 * results[name]['knn_top1']:5.1f}  linear {100 * results[name]['linear_top1']:5.1f}")
     for m in methods:
@@ -126,9 +130,10 @@ def main(argv=None) -> int:
               f"loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}  {r['minutes']:.1f} min", flush=True)
     ref = results["random-init ResNet"]
     lines = [f"Fashion-MNIST test split (10,000 images), frozen features; pretraining: {args.steps} steps of batch 256 "
-             "on 10,000 training images (about 4 epochs), one CPU process, 32 px.", "",
-             "| method | kNN top-1 (k=20) | linear top-1 | vs random init (kNN / linear) | loss first → last | embed std | minutes |",
-             "|---|---|---|---|---|---|---|"]
+             f"on 10,000 training images (about {args.steps * 256 / 10_000:.0f} epochs), one CPU process, 32 px.", "",
+             "| method | kNN top-1 (k=20) | linear top-1 | vs random init (kNN / linear) | feature rank | loss first → last "
+             "| embed std | minutes |",
+             "|---|---|---|---|---|---|---|---|"]
     for name in list(baselines) + [m for m in METHODS if m in results]:
         r = results[name]
         base = results["random-init ViT (MAE's)"] if name == "mae" else ref
@@ -137,7 +142,9 @@ def main(argv=None) -> int:
         loss = f"{r['first_loss']:.3f} → {r['last_loss']:.3f}" if "first_loss" in r else ""
         std = f"{r['embed_std']:.2f}" if r.get("embed_std") is not None else ""
         mins = f"{r['minutes']:.1f}" if "minutes" in r else ""
-        lines.append(f"| {name} | {100 * r['knn_top1']:.1f}% | {100 * r['linear_top1']:.1f}% | {delta} | {loss} | {std} | {mins} |")
+        rank = f"{r['feature_rank']:.1f}" if r.get("feature_rank") is not None else ""
+        lines.append(f"| {name} | {100 * r['knn_top1']:.1f}% | {100 * r['linear_top1']:.1f}% | {delta} | {rank} | {loss} | {std} "
+                     f"| {mins} |")
     table = "\n".join(lines)
     (args.out / "table.md").write_text(table + "\n")
     plot({n: results[n] for n in list(baselines) + [m for m in METHODS if m in results]}, args.out / "table.png")
