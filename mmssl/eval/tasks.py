@@ -48,7 +48,6 @@ def run_tasks(model, tasks, data: str, split: str = "val", image_size: int = 224
     if any(t in tasks for t in ("knn", "linear")):
         # Label-free health of the frozen features: how many directions they really use.
         out["feature_rank"] = effective_rank(test["features"])
-    if any(t in tasks for t in ("knn", "linear")):
         tr = extract(_loader(data, train_split, image_size, False, True, batch_size, workers),
                      lambda b: model.image_features(b["image"]))
         if "knn" in tasks:
