@@ -16,7 +16,8 @@ from mmssl.objectives.moco import MoCo  # noqa: E402
 from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, run_image_recipe, two_views  # noqa: E402
 
 DEFAULTS = {**IMAGE_SSL_DEFAULTS, "output_dir": "runs/moco",
-            "moco": {"version": "v2", "proj_dim": 128, "hidden_dim": 2048, "temperature": 0.2, "queue_size": 65536, "momentum": 0.99}}
+            "moco": {"version": "v2", "proj_dim": 128, "hidden_dim": 2048, "temperature": 0.2, "queue_size": 65536, "momentum": 0.99,
+                     "bn_groups": 8}}
 
 
 def objective(cfg):

@@ -1,5 +1,5 @@
-"""The moving parts of the image SSL objectives: EMA, momentum schedule, queue, DINO centre and
-temperature, Sinkhorn under the objective, rotations, jigsaw permutations and tiles."""
+"""The moving parts of the image SSL objectives: EMA, momentum schedule, queue, MoCo's Shuffling BN,
+DINO centre and temperature, Sinkhorn under the objective, rotations, jigsaw permutations and tiles."""
 from __future__ import annotations
 
 import itertools
@@ -13,6 +13,7 @@ from mmssl.models.ema import ema_update, make_target
 from mmssl.models.queue import FeatureQueue
 from mmssl.objectives.dino import DINO
 from mmssl.objectives.jigsaw import cut_tiles, max_hamming_permutations
+from mmssl.objectives.moco import MoCo, forward_in_groups
 from mmssl.objectives.rotation import rotations
 from mmssl.optim import cosine_schedule
 
@@ -57,6 +58,41 @@ class Flat(nn.Module):
 
     def forward(self, x):
         return x.flatten(1)
+
+
+def test_shuffling_bn_normalises_each_key_with_another_sub_batch_and_restores_order():
+    torch.manual_seed(0)
+    net = nn.BatchNorm1d(3)  # train mode: batch statistics, so the output depends on the sub-batch
+    x, perm = torch.randn(8, 3), torch.tensor([5, 2, 7, 0, 3, 6, 1, 4])
+    queries = forward_in_groups(net, x, 2)
+    assert torch.allclose(queries[:4], net(x[:4])) and torch.allclose(queries[4:], net(x[4:]))
+    keys = forward_in_groups(net, x, 2, perm)
+    for i in range(8):  # row i of the keys is image i, normalised with the statistics of its shuffled half
+        half = [j for j in range(8) if (perm == j).nonzero().item() // 4 == (perm == i).nonzero().item() // 4]
+        ref = (x[i] - x[half].mean(0)) / torch.sqrt(x[half].var(0, unbiased=False) + net.eps)
+        assert torch.allclose(keys[i], ref, atol=1e-5)
+    assert not torch.allclose(keys, queries)  # the halves differ, so do the statistics
+    plain = nn.Linear(3, 2)  # without BatchNorm the grouping changes nothing
+    assert torch.allclose(forward_in_groups(plain, x, 4, perm), plain(x), atol=1e-6)
+
+
+def test_moco_v2_encodes_only_query_view_1_and_key_view_2():
+    seen = []
+
+    class Spy(nn.Module):
+        out_dim = 4
+
+        def forward(self, x):
+            seen.append(x.shape[0])
+            return x.flatten(1)[:, :4]
+
+    moco = MoCo(Spy(), "v2", proj_dim=4, hidden_dim=8, queue_size=16, bn_groups=2)
+    out = moco({"views": [torch.randn(32, 1, 2, 2), torch.randn(32, 1, 2, 2)]})
+    assert torch.isfinite(out["loss"])
+    assert seen == [16, 16, 16, 16]  # two query sub-batches, two key sub-batches: 64 images, not 128
+    seen.clear()
+    moco({"views": [torch.randn(20, 1, 2, 2), torch.randn(20, 1, 2, 2)]})
+    assert seen == [20, 20]  # sub-batches would hold fewer than 16 images: one each
 
 
 def test_dino_centre_is_an_ema_of_the_teacher_batch_mean():

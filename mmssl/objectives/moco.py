@@ -8,8 +8,16 @@
   global batch are the negatives; symmetric loss, each term scaled by 2t as in the paper's code.
 
 The key encoder follows the query encoder by EMA with momentum rising from `momentum` to 1 along
-a cosine (`after_step`). Shuffling BN across GPUs (v2) is not done: on one process it does not
-apply, and with several processes each rank's BatchNorm already sees a different sub-batch.
+a cosine (`after_step`).
+
+Shuffling BN (v2, MoCo section 3.3). A query and its positive key are otherwise normalised with the
+statistics of the same images, while the queued negatives were normalised with other batches':
+the batch statistics then mark the positive, and the encoder can learn that mark instead of the
+image (the paper's "cheating"). The paper computes keys on a shuffled split of the batch across
+GPUs; here each process splits its own batch into `bn_groups` sub-batches of at least 16 images
+(BatchNorm statistics per sub-batch, as per GPU in the paper): contiguous ones for the queries, those of a random
+permutation for the keys, so a key's sub-batch is not its query's. v3 has no queue (every key of
+the batch is normalised alike), so it needs none.
 """
 from __future__ import annotations
 
@@ -32,11 +40,13 @@ class MoCo(nn.Module):
     batch_keys = ("views",)
 
     def __init__(self, backbone: nn.Module, version: str = "v2", proj_dim: int = 128, hidden_dim: int = 2048,
-                 temperature: float = 0.2, queue_size: int = 65536, momentum: float = 0.99):
+                 temperature: float = 0.2, queue_size: int = 65536, momentum: float = 0.99, bn_groups: int = 8):
         super().__init__()
         if version not in ("v2", "v3"):
             raise ValueError(f"MoCo version must be 'v2' or 'v3', got '{version}'")
-        self.version, self.temperature, self.momentum = version, temperature, momentum
+        if bn_groups < 1:
+            raise ValueError(f"MoCo bn_groups must be at least 1, got {bn_groups}")
+        self.version, self.temperature, self.momentum, self.bn_groups = version, temperature, momentum, bn_groups
         if version == "v2":
             projector = mlp(backbone.out_dim, hidden_dim, proj_dim, layers=2, norm="none")
             self.predictor = nn.Identity()
@@ -55,18 +65,34 @@ class MoCo(nn.Module):
     def forward(self, batch: dict, progress: float = 0.0) -> dict:
         v1, v2 = batch["views"][:2]
         b = v1.shape[0]
+        if self.version == "v2":
+            # One direction only (query view 1, key view 2), so only those two are encoded.
+            # Sub-batches of fewer than 16 images make BatchNorm too noisy to learn from (measured:
+            # tests/test_ssl_learning.py's loss stops falling at 4 per sub-batch), so small batches get fewer.
+            groups = max(1, min(self.bn_groups, b // 16))
+            q1 = F.normalize(forward_in_groups(self.online, v1, groups), dim=-1)
+            with torch.no_grad():
+                k2 = F.normalize(forward_in_groups(self.target, v2, groups, torch.randperm(b, device=v2.device)), dim=-1)
+            loss = moco_loss(q1, k2, self.queue.items.clone(), self.temperature)  # push() then overwrites rows
+            self.queue.push(dist.gather_no_grad(k2))  # enqueue after use, as in the paper
+            return {"loss": loss, "embed_std": embedding_std(q1)}
         q1, q2 = F.normalize(self.predictor(self.online(torch.cat([v1, v2]))), dim=-1).chunk(2)
         with torch.no_grad():
             k1, k2 = F.normalize(self.target(torch.cat([v1, v2])), dim=-1).chunk(2)
-        if self.version == "v2":
-            loss = moco_loss(q1, k2, self.queue.items.clone(), self.temperature)  # push() then overwrites rows
-            self.queue.push(dist.gather_no_grad(k2))  # enqueue after use, as in the paper
-        else:
-            offset = dist.row_offset(b)
-            all_k1, all_k2 = dist.gather_no_grad(k1), dist.gather_no_grad(k2)
-            loss = 2 * self.temperature * (info_nce(q1, all_k2, self.temperature, offset)
-                                           + info_nce(q2, all_k1, self.temperature, offset))
+        offset = dist.row_offset(b)
+        all_k1, all_k2 = dist.gather_no_grad(k1), dist.gather_no_grad(k2)
+        loss = 2 * self.temperature * (info_nce(q1, all_k2, self.temperature, offset)
+                                       + info_nce(q2, all_k1, self.temperature, offset))
         return {"loss": loss, "embed_std": embedding_std(q1)}
 
     def after_step(self, progress: float) -> None:
         ema_update(self.target, self.online, cosine_schedule(progress, self.momentum, 1.0))
+
+
+def forward_in_groups(net: nn.Module, x: torch.Tensor, groups: int, perm: torch.Tensor | None = None) -> torch.Tensor:
+    """net over `groups` sub-batches of x `[B, ...]` (BatchNorm statistics per sub-batch) -> `[B, D]` in
+    x's row order. With `perm` the sub-batches are cut from x[perm] (Shuffling BN's key side)."""
+    if perm is None:
+        return torch.cat([net(part) for part in x.chunk(groups)])
+    out = torch.cat([net(part) for part in x[perm].chunk(groups)])
+    return out[torch.argsort(perm)]
