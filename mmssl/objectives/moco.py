@@ -15,8 +15,8 @@ statistics of the same images, while the queued negatives were normalised with o
 the batch statistics then mark the positive, and the encoder can learn that mark instead of the
 image (the paper's "cheating"). The paper computes keys on a shuffled split of the batch across
 GPUs; here each process splits its own batch into `bn_groups` sub-batches of at least 16 images
-(BatchNorm statistics per sub-batch, as per GPU in the paper): contiguous ones for the queries, those of a random
-permutation for the keys, so a key's sub-batch is not its query's. v3 has no queue (every key of
+(BatchNorm statistics per sub-batch, as per GPU in the paper): contiguous ones for the queries,
+those of a random permutation for the keys, so a key's sub-batch is not its query's. v3 has no queue (every key of
 the batch is normalised alike), so it needs none.
 """
 from __future__ import annotations
@@ -72,7 +72,8 @@ class MoCo(nn.Module):
             groups = max(1, min(self.bn_groups, b // 16))
             q1 = F.normalize(forward_in_groups(self.online, v1, groups), dim=-1)
             with torch.no_grad():
-                k2 = F.normalize(forward_in_groups(self.target, v2, groups, torch.randperm(b, device=v2.device)), dim=-1)
+                shuffle = torch.randperm(b, device=v2.device)
+                k2 = F.normalize(forward_in_groups(self.target, v2, groups, shuffle), dim=-1)
             loss = moco_loss(q1, k2, self.queue.items.clone(), self.temperature)  # push() then overwrites rows
             self.queue.push(dist.gather_no_grad(k2))  # enqueue after use, as in the paper
             return {"loss": loss, "embed_std": embedding_std(q1)}
