@@ -16,8 +16,8 @@ the batch statistics then mark the positive, and the encoder can learn that mark
 image (the paper's "cheating"). The paper computes keys on a shuffled split of the batch across
 GPUs; here each process splits its own batch into `bn_groups` sub-batches of at least 16 images
 (BatchNorm statistics per sub-batch, as per GPU in the paper): contiguous ones for the queries,
-those of a random permutation for the keys, so a key's sub-batch is not its query's. v3 has no queue (every key of
-the batch is normalised alike), so it needs none.
+those of a random permutation for the keys, so a key's sub-batch is not its query's. v3 has no
+queue (every key of the batch is normalised alike), so it needs none.
 """
 from __future__ import annotations
 
@@ -67,8 +67,8 @@ class MoCo(nn.Module):
         b = v1.shape[0]
         if self.version == "v2":
             # One direction only (query view 1, key view 2), so only those two are encoded.
-            # Sub-batches of fewer than 16 images make BatchNorm too noisy to learn from (measured:
-            # tests/test_ssl_learning.py's loss stops falling at 4 per sub-batch), so small batches get fewer.
+            # Sub-batches of fewer than 16 images make BatchNorm too noisy to learn from (the moco_v2
+            # learning test's loss stopped falling at 4 images per sub-batch), so small batches get fewer.
             groups = max(1, min(self.bn_groups, b // 16))
             q1 = F.normalize(forward_in_groups(self.online, v1, groups), dim=-1)
             with torch.no_grad():
