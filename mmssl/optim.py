@@ -1,9 +1,10 @@
 """Optimisers and step-counted schedules shared by every recipe.
 
 - `param_groups`: no weight decay on biases and normalisation parameters (1-D tensors), as in
-  every modern SSL recipe.
+  every modern SSL recipe, and per-submodule learning-rate multipliers.
 - `LARS` (You et al. 2017, https://arxiv.org/abs/1708.03888): SGD with momentum and a per-layer
   trust ratio, skipped for the no-decay group as in SimCLR/BYOL.
+- `sgd`: SGD with momentum 0.9, the optimiser of SimSiam, MoCo v2 and the pretext-task papers.
 - `warmup_cosine`: linear warmup, then cosine decay to `final_ratio * lr`.
 """
 from __future__ import annotations
@@ -13,16 +14,23 @@ import math
 import torch
 
 
-def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+def param_groups(module: torch.nn.Module, weight_decay: float, lr: float,
+                 lr_multipliers: dict[str, float] | None = None) -> list[dict]:
+    """Decay and no-decay groups, each split again by `lr_multipliers`: {submodule prefix: factor}.
+
+    A parameter whose name starts with `prefix + "."` gets `lr * factor`; the schedule then scales
+    every group alike, so the ratio holds for the whole run (BYOL's predictor multiplier).
+    """
+    lr_multipliers = lr_multipliers or {}
+    groups: dict[tuple[bool, float], list] = {}
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0, "lars_exclude": True})
-    return groups
+        no_decay = p.ndim <= 1 or name.endswith(".bias")
+        mult = next((m for prefix, m in lr_multipliers.items() if name.startswith(prefix + ".")), 1.0)
+        groups.setdefault((no_decay, mult), []).append(p)
+    return [{"params": params, "weight_decay": 0.0 if no_decay else weight_decay, "lr": lr * mult,
+             "lars_exclude": no_decay} for (no_decay, mult), params in groups.items()]
 
 
 class LARS(torch.optim.Optimizer):
@@ -53,15 +61,21 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(module: torch.nn.Module, name: str, lr: float, weight_decay: float, betas=(0.9, 0.999)):
-    groups = param_groups(module, weight_decay)
+def build_optimizer(module: torch.nn.Module, name: str, lr: float, weight_decay: float, betas=(0.9, 0.999),
+                    lr_multipliers: dict[str, float] | None = None):
+    """`lr_multipliers` as in `param_groups`; an objective declares them as its `lr_multipliers` attribute."""
+    groups = param_groups(module, weight_decay, lr, lr_multipliers)
     if name == "adamw":
         for g in groups:
             g.pop("lars_exclude", None)
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
     if name == "lars":
         return LARS(groups, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"optimizer must be 'adamw' or 'lars', got '{name}'")
+    if name == "sgd":
+        for g in groups:
+            g.pop("lars_exclude", None)
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    raise ValueError(f"optimizer must be 'adamw', 'lars' or 'sgd', got '{name}'")
 
 
 def warmup_cosine(step: int, total: int, warmup: int, final_ratio: float = 0.0) -> float:

@@ -32,7 +32,7 @@ TRAIN_DEFAULTS = {
     "min_lr_ratio": 0.0,
     "warmup_steps": 10,
     "weight_decay": 0.05,
-    "optimizer": "adamw",  # adamw | lars
+    "optimizer": "adamw",  # adamw | lars | sgd
     "grad_clip": 1.0,  # 0 disables
     "log_every": 10,
     "save_every": 100,
@@ -119,7 +119,8 @@ def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=Non
     run_dir = Path(cfg["output_dir"])
     ckpt_root = run_dir / "checkpoints"
     max_steps, accum = cfg["max_steps"], cfg["grad_accum"]
-    optimizer = build_optimizer(objective, cfg["optimizer"], cfg["lr"], cfg["weight_decay"])
+    optimizer = build_optimizer(objective, cfg["optimizer"], cfg["lr"], cfg["weight_decay"],
+                                lr_multipliers=getattr(objective, "lr_multipliers", None))
     scheduler = LambdaLR(optimizer, lambda s: warmup_cosine(s, max_steps, cfg["warmup_steps"], cfg["min_lr_ratio"]))
     model, optimizer = accelerator.prepare(objective, optimizer)
     unwrapped = accelerator.unwrap_model(model)

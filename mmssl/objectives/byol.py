@@ -3,6 +3,11 @@
 Paper: Grill et al. 2020, "Bootstrap Your Own Latent", https://arxiv.org/abs/2006.07733. The loss
 is 2 - 2 cos(q, z') symmetrised over the two views; the target is the EMA of the online network
 with tau = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2, applied after every optimizer step.
+
+`predictor_lr_mult` scales the predictor's learning rate. The paper argues BYOL works while the
+predictor stays near its optimum for the current encoder; Tian et al. 2021
+(https://arxiv.org/abs/2102.06810) show that a predictor which learns faster than the encoder
+keeps more directions of the representation alive.
 """
 from __future__ import annotations
 
@@ -21,9 +26,11 @@ class BYOL(nn.Module):
 
     batch_keys = ("views",)
 
-    def __init__(self, backbone: nn.Module, proj_dim: int = 256, hidden_dim: int = 4096, momentum: float = 0.996):
+    def __init__(self, backbone: nn.Module, proj_dim: int = 256, hidden_dim: int = 4096, momentum: float = 0.996,
+                 predictor_lr_mult: float = 1.0):
         super().__init__()
         self.momentum = momentum
+        self.lr_multipliers = {"predictor": predictor_lr_mult}  # read by mmssl.train.fit
         self.online = nn.Sequential(backbone, mlp(backbone.out_dim, hidden_dim, proj_dim, layers=2))
         self.predictor = mlp(proj_dim, hidden_dim, proj_dim, layers=2)
         self.target = make_target(self.online)
