@@ -12,7 +12,7 @@ from mmssl.collapse import effective_rank
 from mmssl.models.ema import ema_update, make_target
 from mmssl.models.queue import FeatureQueue
 from mmssl.objectives.dino import DINO
-from mmssl.objectives.jigsaw import cut_tiles, max_hamming_permutations
+from mmssl.objectives.jigsaw import cut_tiles, max_hamming_permutations, standardise_tiles
 from mmssl.objectives.moco import MoCo, forward_in_groups
 from mmssl.objectives.rotation import rotations
 from mmssl.optim import cosine_schedule
@@ -149,6 +149,20 @@ def test_cut_tiles_takes_a_crop_from_each_cell_in_row_major_order():
     tiles = cut_tiles(img, grid=2, crop=0.75, tile_size=3)
     assert tiles.shape == (1, 4, 1, 3, 3)
     assert [float(t.mean()) for t in tiles[0]] == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_each_tile_is_standardised_on_its_own_and_flat_tiles_stay_flat():
+    torch.manual_seed(0)
+    tiles = torch.randn(2, 4, 3, 5, 5) * torch.tensor([0.5, 2.0, 7.0, 1.0]).view(1, 4, 1, 1, 1) + 3.0
+    tiles[1, 2] = -1.5  # a blank corner: one value everywhere
+    out = standardise_tiles(tiles)
+    for b, t in itertools.product(range(2), range(4)):
+        x = tiles[b, t].flatten()
+        if (b, t) == (1, 2):
+            assert torch.equal(out[b, t], torch.zeros_like(out[b, t]))
+            continue
+        expected = (x - sum(x.tolist()) / len(x)) / float(x.std())  # the paper's per-patch normalisation
+        assert torch.allclose(out[b, t].flatten(), expected, atol=1e-5)
 
 
 def test_effective_rank_is_rankme_and_sees_dimensional_collapse():

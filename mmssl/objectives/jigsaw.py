@@ -4,7 +4,9 @@ Paper: Noroozi & Favaro 2016, "Unsupervised Learning of Visual Representations b
 Puzzles", https://arxiv.org/abs/1603.09246. The image is cut into grid x grid cells; a random
 crop of each cell (so tiles do not share edges, which would be a shortcut) is encoded by a shared
 backbone; the features, concatenated in shuffled order, classify the permutation among a fixed set
-chosen greedily for maximal Hamming distance (the paper's algorithm). The crop offset is drawn once
+chosen greedily for maximal Hamming distance (the paper's algorithm). Each tile is standardised
+on its own (zero mean, unit standard deviation over its pixels), as in the paper, so that
+brightness and contrast of a tile do not tell where it came from. The crop offset is drawn once
 per tile position and batch rather than per image, to keep it one tensor operation.
 """
 from __future__ import annotations
@@ -53,6 +55,15 @@ def cut_tiles(images: torch.Tensor, grid: int, crop: float, tile_size: int) -> t
     return tiles.view(b, grid * grid, c, tile_size, tile_size)
 
 
+def standardise_tiles(tiles: torch.Tensor, eps: float = 1e-2) -> torch.Tensor:
+    """[..., C, s, s] -> the same with each tile at zero mean and unit std over its C*s*s values. A
+    nearly flat tile (std below `eps`: a blank corner of the image) is divided by `eps` instead, so
+    its rounding noise is not blown up into a pattern."""
+    flat = tiles.flatten(-3)
+    mean, std = flat.mean(-1, keepdim=True), flat.std(-1, keepdim=True)
+    return ((flat - mean) / std.clamp_min(eps)).view_as(tiles)
+
+
 class Jigsaw(nn.Module):
     """backbone `[B*T,3,s,s] -> [B*T, D]` per tile; classifier `T*D -> n_perms`; batch `image`."""
 
@@ -67,7 +78,7 @@ class Jigsaw(nn.Module):
 
     def forward(self, batch: dict, progress: float = 0.0) -> dict:
         images = batch["image"]
-        tiles = cut_tiles(images, self.grid, self.crop, self.tile_size)  # [B, T, C, s, s]
+        tiles = standardise_tiles(cut_tiles(images, self.grid, self.crop, self.tile_size))  # [B, T, C, s, s]
         b, t = tiles.shape[:2]
         target = torch.randint(len(self.perms), (b,), device=images.device)
         order = self.perms[target]  # [B, T]: position j shows tile order[j]
