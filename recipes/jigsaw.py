@@ -16,7 +16,8 @@ from mmssl.objectives.jigsaw import Jigsaw  # noqa: E402
 from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, one_image, run_image_recipe  # noqa: E402
 
 DEFAULTS = {**IMAGE_SSL_DEFAULTS, "output_dir": "runs/jigsaw",
-            "jigsaw": {"grid": 3, "n_perms": 100, "tile_size": 64, "crop": 0.85, "hidden_dim": 1024}}
+            "jigsaw": {"grid": 3, "n_perms": 100, "tile_size": 64, "crop": 0.85, "hidden_dim": 1024,
+                       "tile_norm": True}}
 
 
 def objective(cfg):

@@ -4,9 +4,10 @@ Paper: Noroozi & Favaro 2016, "Unsupervised Learning of Visual Representations b
 Puzzles", https://arxiv.org/abs/1603.09246. The image is cut into grid x grid cells; a random
 crop of each cell (so tiles do not share edges, which would be a shortcut) is encoded by a shared
 backbone; the features, concatenated in shuffled order, classify the permutation among a fixed set
-chosen greedily for maximal Hamming distance (the paper's algorithm). Each tile is standardised
-on its own (zero mean, unit standard deviation over its pixels), as in the paper, so that
-brightness and contrast of a tile do not tell where it came from. The crop offset is drawn once
+chosen greedily for maximal Hamming distance (the paper's algorithm). With `tile_norm` (the
+paper's default) each tile is standardised on its own, zero mean and unit standard deviation over
+its pixels, so that brightness and contrast of a tile do not tell where it came from; the
+Fashion-MNIST demo turns it off (see the README's results table). The crop offset is drawn once
 per tile position and batch rather than per image, to keep it one tensor operation.
 """
 from __future__ import annotations
@@ -70,15 +71,17 @@ class Jigsaw(nn.Module):
     batch_keys = ("image",)
 
     def __init__(self, backbone: nn.Module, grid: int = 3, n_perms: int = 100, tile_size: int = 64, crop: float = 0.85,
-                 hidden_dim: int = 1024):
+                 hidden_dim: int = 1024, tile_norm: bool = True):
         super().__init__()
-        self.backbone, self.grid, self.tile_size, self.crop = backbone, grid, tile_size, crop
+        self.backbone, self.grid, self.tile_size, self.crop, self.tile_norm = backbone, grid, tile_size, crop, tile_norm
         self.register_buffer("perms", max_hamming_permutations(grid * grid, n_perms), persistent=False)
         self.classifier = mlp(grid * grid * backbone.out_dim, hidden_dim, len(self.perms), layers=2)
 
     def forward(self, batch: dict, progress: float = 0.0) -> dict:
         images = batch["image"]
-        tiles = standardise_tiles(cut_tiles(images, self.grid, self.crop, self.tile_size))  # [B, T, C, s, s]
+        tiles = cut_tiles(images, self.grid, self.crop, self.tile_size)  # [B, T, C, s, s]
+        if self.tile_norm:
+            tiles = standardise_tiles(tiles)
         b, t = tiles.shape[:2]
         target = torch.randint(len(self.perms), (b,), device=images.device)
         order = self.perms[target]  # [B, T]: position j shows tile order[j]
