@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The image SSL results table: every method, the same backbone and budget, on Fashion-MNIST.
 
-    python benchmarks/image_ssl_table.py [--steps 150] [--methods simclr,byol] [--out runs/image_ssl_table]
+    python benchmarks/image_ssl_table.py [--steps 600] [--methods simclr,byol] [--out runs/image_ssl_table]
 
 Builds the shards if needed (tools/build_fashion_mnist.py: 1,000 train images per class, the full
 10,000-image official test split). Pretrains each method with its recipe and
@@ -95,7 +95,7 @@ def plot(results: dict, path: Path, title: str = "Fashion-MNIST, frozen features
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--steps", type=int, default=600)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--out", type=Path, default=Path("runs/image_ssl_table"))
     p.add_argument("--force", action="store_true")

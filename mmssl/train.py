@@ -5,6 +5,10 @@ one optimizer update and one scheduler step. Mixed precision comes from the acce
 (`accelerate config` or `--mixed_precision`), fp32 on CPU. The WebDataset loader is not prepared by
 Accelerate (see mmssl.data.loader); the LR scheduler is stepped here once per step, not through
 Accelerate, which would step it once per process.
+
+Two optional objective attributes: `after_step(progress)`, called after each optimizer update
+(momentum encoders), and `lr_multipliers`, {submodule prefix: factor} for the optimizer's groups
+(mmssl.optim.param_groups; BYOL's and SimSiam's predictor).
 """
 from __future__ import annotations
 
