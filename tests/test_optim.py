@@ -44,6 +44,8 @@ def test_sgd_uses_momentum_and_unknown_names_are_refused():
     assert all(g["momentum"] == 0.9 for g in opt.param_groups)
     with pytest.raises(ValueError, match="'adamw', 'lars' or 'sgd', got 'adam'"):
         build_optimizer(torch.nn.Linear(3, 2), "adam", 0.1, 0.0)
+    with pytest.raises(ValueError, match="'predictr', which is no submodule"):
+        build_optimizer(small_simsiam(1.0), "sgd", 0.1, 0.0, lr_multipliers={"predictr": 10.0})
 
 
 def test_fit_applies_the_objective_lr_multipliers(fashion_shards, tmp_path):

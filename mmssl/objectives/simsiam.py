@@ -5,7 +5,7 @@ https://arxiv.org/abs/2011.10566. L = D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2 with
 cosine; the projector ends in BatchNorm, the predictor is a bottleneck MLP.
 
 `predictor_lr_mult` scales the predictor's learning rate. The paper keeps the predictor's rate
-fixed while the encoder's decays; a constant multiplier serves the same end, a predictor that
+fixed while the encoder's decays; a constant multiplier aims at the same thing, a predictor that
 keeps up with the encoder (Tian et al. 2021, https://arxiv.org/abs/2102.06810).
 """
 from __future__ import annotations
