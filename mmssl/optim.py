@@ -23,16 +23,16 @@ def param_groups(module: torch.nn.Module, weight_decay: float, lr: float,
     """
     lr_multipliers = lr_multipliers or {}
     groups: dict[tuple[bool, float], list] = {}
+    unmatched = set(lr_multipliers)
     for name, p in module.named_parameters():
+        prefix = next((q for q in lr_multipliers if name.startswith(q + ".")), None)
+        unmatched.discard(prefix)
         if not p.requires_grad:
             continue
         no_decay = p.ndim <= 1 or name.endswith(".bias")
-        mult = next((m for prefix, m in lr_multipliers.items() if name.startswith(prefix + ".")), 1.0)
-        groups.setdefault((no_decay, mult), []).append(p)
-    names = [n for n, _ in module.named_parameters()]
-    unmatched = [prefix for prefix in lr_multipliers if not any(n.startswith(prefix + ".") for n in names)]
+        groups.setdefault((no_decay, lr_multipliers.get(prefix, 1.0)), []).append(p)
     if unmatched:
-        raise ValueError(f"lr_multipliers names '{unmatched[0]}', which is no submodule with parameters")
+        raise ValueError(f"lr_multipliers names '{sorted(unmatched)[0]}', which is no submodule with parameters")
     return [{"params": params, "weight_decay": 0.0 if no_decay else weight_decay, "lr": lr * mult,
              "lars_exclude": no_decay} for (no_decay, mult), params in groups.items()]
 
