@@ -17,7 +17,7 @@ from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, run_image_recipe, two_views  
 
 DEFAULTS = {**IMAGE_SSL_DEFAULTS, "output_dir": "runs/moco",
             "moco": {"version": "v2", "proj_dim": 128, "hidden_dim": 2048, "temperature": 0.2, "queue_size": 65536, "momentum": 0.99,
-                     "bn_groups": 8}}
+                     "bn_groups": 8, "symmetric": False}}
 
 
 def objective(cfg):

@@ -45,6 +45,8 @@ def backbone():
 CASES = {
     "simclr": (lambda: SimCLR(backbone(), 64, 256, temperature=0.2), two_views, 1e-3),
     "moco_v2": (lambda: MoCo(backbone(), "v2", 64, 256, temperature=0.2, queue_size=64, momentum=0.9, bn_groups=2), two_views, 1e-3),
+    "moco_v2_symmetric": (lambda: MoCo(backbone(), "v2", 64, 256, temperature=0.2, queue_size=64, momentum=0.9, bn_groups=2,
+                                       symmetric=True), two_views, 1e-3),
     "moco_v3": (lambda: MoCo(backbone(), "v3", 64, 256, temperature=0.2, momentum=0.9), two_views, 1e-3),
     "byol": (lambda: BYOL(backbone(), 64, 256, momentum=0.9), two_views, 1e-3),
     "simsiam": (lambda: SimSiam(backbone(), 256, 64), two_views, 1e-3),

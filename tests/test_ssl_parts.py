@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -94,6 +95,32 @@ def test_moco_v2_encodes_only_query_view_1_and_key_view_2():
     moco({"views": [torch.randn(20, 1, 2, 2), torch.randn(20, 1, 2, 2)]})
     assert seen == [20, 20]  # sub-batches would hold fewer than 16 images: one each
 
+
+
+def test_symmetric_moco_v2_averages_both_directions_against_the_old_queue_and_queues_both_keys():
+    torch.manual_seed(0)
+    moco = MoCo(Flat(), "v2", proj_dim=4, hidden_dim=8, queue_size=64, bn_groups=1, symmetric=True)
+    v1, v2 = torch.randn(8, 12), torch.randn(8, 12)
+    queue_before = moco.queue.items.clone()
+    out = moco({"views": [v1, v2]})
+    # The target starts as a copy of the online network and the v2 head has no BatchNorm, so the
+    # keys are the online embeddings of the key views.
+    z1, z2 = (nn.functional.normalize(moco.online(v), dim=-1) for v in (v1, v2))
+    t = moco.temperature
+
+    def direction(q, k):  # -log of the positive's softmax share against the queued negatives, per query
+        return sum(-math.log(math.exp(q[i] @ k[i] / t)
+                             / (math.exp(q[i] @ k[i] / t) + sum(math.exp(q[i] @ n / t) for n in queue_before)))
+                   for i in range(q.shape[0])) / q.shape[0]
+
+    with torch.no_grad():
+        expected = (direction(z1, z2) + direction(z2, z1)) / 2
+    assert abs(out["loss"].item() - expected) < 1e-4
+    # Queued in the order the directions ran: view 2's keys (for queries of view 1), then view 1's.
+    assert torch.allclose(moco.queue.items[:16], torch.cat([z2, z1]).detach(), atol=1e-6)
+    assert int(moco.queue.filled) == 16
+    with pytest.raises(ValueError, match="v2 only"):
+        MoCo(Flat(), "v3", proj_dim=4, hidden_dim=8, symmetric=True)
 
 def test_dino_centre_is_an_ema_of_the_teacher_batch_mean():
     dino = DINO(Flat(), out_dim=6, hidden_dim=8, bottleneck_dim=4, center_momentum=0.9)

@@ -2,7 +2,10 @@
 
 - v2 (Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning",
   https://arxiv.org/abs/2003.04297, on MoCo, https://arxiv.org/abs/1911.05722): an MLP head, a
-  queue of past keys as negatives, one direction (query view 1, key view 2).
+  queue of past keys as negatives, one direction (query view 1, key view 2). `symmetric=True`
+  adds the other direction (query view 2, key view 1) and averages the two terms, as v3 does:
+  every image then trains the encoder through both of its views, as in SimCLR, BYOL and the
+  other two-view objectives here, at twice the encoder work per step; both views' keys are queued.
 - v3 (Chen et al. 2021, "An Empirical Study of Training Self-Supervised Vision Transformers",
   https://arxiv.org/abs/2104.02057): no queue; a predictor on the query side; the keys of the
   global batch are the negatives; symmetric loss, each term scaled by 2t as in the paper's code.
@@ -40,13 +43,17 @@ class MoCo(nn.Module):
     batch_keys = ("views",)
 
     def __init__(self, backbone: nn.Module, version: str = "v2", proj_dim: int = 128, hidden_dim: int = 2048,
-                 temperature: float = 0.2, queue_size: int = 65536, momentum: float = 0.99, bn_groups: int = 8):
+                 temperature: float = 0.2, queue_size: int = 65536, momentum: float = 0.99, bn_groups: int = 8,
+                 symmetric: bool = False):
         super().__init__()
         if version not in ("v2", "v3"):
             raise ValueError(f"MoCo version must be 'v2' or 'v3', got '{version}'")
         if bn_groups < 1:
             raise ValueError(f"MoCo bn_groups must be at least 1, got {bn_groups}")
+        if symmetric and version == "v3":
+            raise ValueError("MoCo symmetric applies to v2 only: v3's loss is always symmetric")
         self.version, self.temperature, self.momentum, self.bn_groups = version, temperature, momentum, bn_groups
+        self.symmetric = symmetric
         if version == "v2":
             projector = mlp(backbone.out_dim, hidden_dim, proj_dim, layers=2, norm="none")
             self.predictor = nn.Identity()
@@ -66,17 +73,24 @@ class MoCo(nn.Module):
         v1, v2 = batch["views"][:2]
         b = v1.shape[0]
         if self.version == "v2":
-            # One direction only (query view 1, key view 2), so only those two are encoded.
             # Sub-batches of fewer than 16 images make BatchNorm too noisy to learn from (the moco_v2
             # learning test's loss stopped falling at 4 images per sub-batch), so small batches get fewer.
             groups = max(1, min(self.bn_groups, b // 16))
-            q1 = F.normalize(forward_in_groups(self.online, v1, groups), dim=-1)
-            with torch.no_grad():
-                shuffle = torch.randperm(b, device=v2.device)
-                k2 = F.normalize(forward_in_groups(self.target, v2, groups, shuffle), dim=-1)
-            loss = moco_loss(q1, k2, self.queue.items.clone(), self.temperature)  # push() then overwrites rows
-            self.queue.push(dist.gather_no_grad(k2))  # enqueue after use, as in the paper
-            return {"loss": loss, "embed_std": embedding_std(q1)}
+            # Only the views a direction needs are encoded: query view 1 and key view 2, plus the
+            # reverse pair when symmetric.
+            pairs = [(v1, v2), (v2, v1)] if self.symmetric else [(v1, v2)]
+            negatives = self.queue.items.clone()  # push() then overwrites rows
+            losses, queries, keys = [], [], []
+            for query_view, key_view in pairs:
+                q = F.normalize(forward_in_groups(self.online, query_view, groups), dim=-1)
+                with torch.no_grad():
+                    shuffle = torch.randperm(b, device=key_view.device)
+                    k = F.normalize(forward_in_groups(self.target, key_view, groups, shuffle), dim=-1)
+                losses.append(moco_loss(q, k, negatives, self.temperature))
+                queries.append(q)
+                keys.append(k)
+            self.queue.push(dist.gather_no_grad(torch.cat(keys)))  # enqueue after use, as in the paper
+            return {"loss": sum(losses) / len(losses), "embed_std": embedding_std(queries[0])}
         q1, q2 = F.normalize(self.predictor(self.online(torch.cat([v1, v2]))), dim=-1).chunk(2)
         with torch.no_grad():
             k1, k2 = F.normalize(self.target(torch.cat([v1, v2])), dim=-1).chunk(2)
