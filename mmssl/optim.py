@@ -1,7 +1,8 @@
 """Optimisers and step-counted schedules shared by every recipe.
 
 - `param_groups`: no weight decay on biases and normalisation parameters (1-D tensors), as in
-  every modern SSL recipe, and per-submodule learning-rate multipliers.
+  every modern SSL recipe, per-submodule learning-rate multipliers, and submodules whose rate the
+  schedule leaves alone (`fixed_lr`: SimSiam's predictor).
 - `LARS` (You et al. 2017, https://arxiv.org/abs/1708.03888): SGD with momentum and a per-layer
   trust ratio, skipped for the no-decay group as in SimCLR/BYOL.
 - `sgd`: SGD with momentum 0.9, the optimiser of SimSiam, MoCo v2 and the pretext-task papers.
@@ -15,26 +16,29 @@ import torch
 
 
 def param_groups(module: torch.nn.Module, weight_decay: float, lr: float,
-                 lr_multipliers: dict[str, float] | None = None) -> list[dict]:
-    """Decay and no-decay groups, each split again by `lr_multipliers`: {submodule prefix: factor}.
+                 lr_multipliers: dict[str, float] | None = None, fixed_lr=()) -> list[dict]:
+    """Decay and no-decay groups, each split again by `lr_multipliers`: {submodule prefix: factor},
+    and by `fixed_lr`: submodule prefixes whose groups carry `"fixed_lr": True`.
 
-    A parameter whose name starts with `prefix + "."` gets `lr * factor`; the schedule then scales
-    every group alike, so the ratio holds for the whole run (BYOL's predictor multiplier).
+    A parameter whose name starts with `prefix + "."` gets `lr * factor`. `mmssl.train.fit`
+    schedules every group alike, so the ratio holds for the whole run (BYOL's predictor
+    multiplier), except the fixed groups, which keep their rate from the first step to the last.
     """
     lr_multipliers = lr_multipliers or {}
-    groups: dict[tuple[bool, float], list] = {}
-    unmatched = set(lr_multipliers)
+    groups: dict[tuple[bool, float, bool], list] = {}
+    unmatched = set(lr_multipliers) | set(fixed_lr)
     for name, p in module.named_parameters():
         prefix = next((q for q in lr_multipliers if name.startswith(q + ".")), None)
-        unmatched.discard(prefix)
+        fixed = next((q for q in fixed_lr if name.startswith(q + ".")), None)
+        unmatched.difference_update((prefix, fixed))
         if not p.requires_grad:
             continue
         no_decay = p.ndim <= 1 or name.endswith(".bias")
-        groups.setdefault((no_decay, lr_multipliers.get(prefix, 1.0)), []).append(p)
+        groups.setdefault((no_decay, lr_multipliers.get(prefix, 1.0), fixed is not None), []).append(p)
     if unmatched:
-        raise ValueError(f"lr_multipliers names '{sorted(unmatched)[0]}', which is no submodule with parameters")
+        raise ValueError(f"lr_multipliers or fixed_lr names '{sorted(unmatched)[0]}', which is no submodule with parameters")
     return [{"params": params, "weight_decay": 0.0 if no_decay else weight_decay, "lr": lr * mult,
-             "lars_exclude": no_decay} for (no_decay, mult), params in groups.items()]
+             "lars_exclude": no_decay, "fixed_lr": fixed} for (no_decay, mult, fixed), params in groups.items()]
 
 
 class LARS(torch.optim.Optimizer):
@@ -66,9 +70,10 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(module: torch.nn.Module, name: str, lr: float, weight_decay: float, betas=(0.9, 0.999),
-                    lr_multipliers: dict[str, float] | None = None):
-    """`lr_multipliers` as in `param_groups`; an objective declares them as its `lr_multipliers` attribute."""
-    groups = param_groups(module, weight_decay, lr, lr_multipliers)
+                    lr_multipliers: dict[str, float] | None = None, fixed_lr=()):
+    """`lr_multipliers` and `fixed_lr` as in `param_groups`; an objective declares them as its
+    `lr_multipliers` and `fixed_lr` attributes."""
+    groups = param_groups(module, weight_decay, lr, lr_multipliers, fixed_lr)
     if name == "adamw":
         for g in groups:
             g.pop("lars_exclude", None)
@@ -80,6 +85,12 @@ def build_optimizer(module: torch.nn.Module, name: str, lr: float, weight_decay:
             g.pop("lars_exclude", None)
         return torch.optim.SGD(groups, lr=lr, momentum=0.9)
     raise ValueError(f"optimizer must be 'adamw', 'lars' or 'sgd', got '{name}'")
+
+
+def group_schedules(optimizer: torch.optim.Optimizer, schedule) -> list:
+    """One lr multiplier function per parameter group, for `LambdaLR`: `schedule` for every group
+    but those `param_groups` marked `fixed_lr`, which stay at their base rate."""
+    return [(lambda step: 1.0) if g.get("fixed_lr") else schedule for g in optimizer.param_groups]
 
 
 def warmup_cosine(step: int, total: int, warmup: int, final_ratio: float = 0.0) -> float:

@@ -6,9 +6,10 @@ one optimizer update and one scheduler step. Mixed precision comes from the acce
 Accelerate (see mmssl.data.loader); the LR scheduler is stepped here once per step, not through
 Accelerate, which would step it once per process.
 
-Two optional objective attributes: `after_step(progress)`, called after each optimizer update
-(momentum encoders), and `lr_multipliers`, {submodule prefix: factor} for the optimizer's groups
-(mmssl.optim.param_groups; BYOL's and SimSiam's predictor).
+Three optional objective attributes: `after_step(progress)`, called after each optimizer update
+(momentum encoders); `lr_multipliers`, {submodule prefix: factor} for the optimizer's groups
+(mmssl.optim.param_groups; BYOL's and SimSiam's predictor); and `fixed_lr`, submodule prefixes
+whose learning rate the schedule leaves at its base value (SimSiam's predictor).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from . import checkpoint, dist
 from .config import to_yaml
-from .optim import build_optimizer, warmup_cosine
+from .optim import build_optimizer, group_schedules, warmup_cosine
 
 # Keys every recipe accepts (recipes add their own on top).
 TRAIN_DEFAULTS = {
@@ -124,8 +125,10 @@ def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=Non
     ckpt_root = run_dir / "checkpoints"
     max_steps, accum = cfg["max_steps"], cfg["grad_accum"]
     optimizer = build_optimizer(objective, cfg["optimizer"], cfg["lr"], cfg["weight_decay"],
-                                lr_multipliers=getattr(objective, "lr_multipliers", None))
-    scheduler = LambdaLR(optimizer, lambda s: warmup_cosine(s, max_steps, cfg["warmup_steps"], cfg["min_lr_ratio"]))
+                                lr_multipliers=getattr(objective, "lr_multipliers", None),
+                                fixed_lr=getattr(objective, "fixed_lr", ()))
+    scheduler = LambdaLR(optimizer, group_schedules(
+        optimizer, lambda s: warmup_cosine(s, max_steps, cfg["warmup_steps"], cfg["min_lr_ratio"])))
     model, optimizer = accelerator.prepare(objective, optimizer)
     unwrapped = accelerator.unwrap_model(model)
 

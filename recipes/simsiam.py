@@ -16,7 +16,7 @@ from mmssl.objectives.simsiam import SimSiam  # noqa: E402
 from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, run_image_recipe, two_views  # noqa: E402
 
 DEFAULTS = {**IMAGE_SSL_DEFAULTS, "output_dir": "runs/simsiam",
-            "simsiam": {"proj_dim": 2048, "pred_dim": 512, "predictor_lr_mult": 1.0}}
+            "simsiam": {"proj_dim": 2048, "pred_dim": 512, "predictor_lr_mult": 1.0, "predictor_fixed_lr": True}}
 
 
 def objective(cfg):

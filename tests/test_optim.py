@@ -8,14 +8,14 @@ from torch.optim.lr_scheduler import LambdaLR
 from mmssl.data import build_loader
 from mmssl.models.encoders import build_encoder
 from mmssl.objectives.simsiam import SimSiam
-from mmssl.optim import build_optimizer, warmup_cosine
+from mmssl.optim import build_optimizer, group_schedules, warmup_cosine
 from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, SMALL_RESNET, two_views
 from mmssl.train import fit, start
 
 
-def small_simsiam(mult: float) -> SimSiam:
+def small_simsiam(mult: float, fixed: bool = False) -> SimSiam:
     torch.manual_seed(0)
-    return SimSiam(build_encoder(SMALL_RESNET), proj_dim=32, pred_dim=8, predictor_lr_mult=mult)
+    return SimSiam(build_encoder(SMALL_RESNET), proj_dim=32, pred_dim=8, predictor_lr_mult=mult, predictor_fixed_lr=fixed)
 
 
 @pytest.mark.parametrize("name", ["adamw", "lars", "sgd"])
@@ -38,6 +38,26 @@ def test_multiplier_scales_the_predictor_learning_rate_through_the_schedule(name
     lrs = {owner[id(g["params"][0])].startswith("predictor."): g["lr"] for g in opt.param_groups}
     assert lrs[True] == pytest.approx(10 * lrs[False]) and lrs[False] < 0.2
 
+
+
+@pytest.mark.parametrize("name", ["adamw", "lars", "sgd"])
+def test_fixed_lr_groups_keep_their_rate_while_the_others_warm_up_and_decay(name):
+    model = small_simsiam(10.0, fixed=True)
+    assert model.fixed_lr == ("predictor",)
+    opt = build_optimizer(model, name, 0.2, 1e-4, lr_multipliers=model.lr_multipliers, fixed_lr=model.fixed_lr)
+    owner = {id(p): n for n, p in model.named_parameters()}
+    assert all(g["fixed_lr"] == owner[id(g["params"][0])].startswith("predictor.") for g in opt.param_groups)
+    sched = LambdaLR(opt, group_schedules(opt, lambda s: warmup_cosine(s, 10, 2)))
+    trace = []
+    for _ in range(10):
+        trace.append({owner[id(g["params"][0])].startswith("predictor."): g["lr"] for g in opt.param_groups})
+        opt.step()
+        sched.step()
+    assert all(lrs[True] == pytest.approx(2.0) for lrs in trace)  # 10 x 0.2 at every step
+    encoder = [lrs[False] for lrs in trace]
+    assert encoder[0] == pytest.approx(0.1) and encoder[2] == pytest.approx(0.2) and encoder[-1] < 0.02
+    with pytest.raises(ValueError, match="'predictr', which is no submodule"):
+        build_optimizer(model, name, 0.1, 0.0, fixed_lr=("predictr",))
 
 def test_sgd_uses_momentum_and_unknown_names_are_refused():
     opt = build_optimizer(torch.nn.Linear(3, 2), "sgd", 0.1, 1e-4)

@@ -4,9 +4,11 @@ Paper: Chen & He 2021, "Exploring Simple Siamese Representation Learning",
 https://arxiv.org/abs/2011.10566. L = D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2 with D the negative
 cosine; the projector ends in BatchNorm, the predictor is a bottleneck MLP.
 
-`predictor_lr_mult` scales the predictor's learning rate. The paper keeps the predictor's rate
-fixed while the encoder's decays; a constant multiplier aims at the same thing, a predictor that
-keeps up with the encoder (Tian et al. 2021, https://arxiv.org/abs/2102.06810).
+`predictor_fixed_lr` (default on, as in the paper) keeps the predictor's learning rate at its
+base value while the encoder's warms up and decays: the paper finds this slightly better, since
+the predictor should adapt to the latest representation. `predictor_lr_mult` scales that rate;
+Tian et al. 2021 (https://arxiv.org/abs/2102.06810) report that a predictor learning faster than
+the encoder does better.
 """
 from __future__ import annotations
 
@@ -23,9 +25,12 @@ class SimSiam(nn.Module):
 
     batch_keys = ("views",)
 
-    def __init__(self, backbone: nn.Module, proj_dim: int = 2048, pred_dim: int = 512, predictor_lr_mult: float = 1.0):
+    def __init__(self, backbone: nn.Module, proj_dim: int = 2048, pred_dim: int = 512, predictor_lr_mult: float = 1.0,
+                 predictor_fixed_lr: bool = True):
         super().__init__()
-        self.lr_multipliers = {"predictor": predictor_lr_mult}  # read by mmssl.train.fit
+        # Both read by mmssl.train.fit.
+        self.lr_multipliers = {"predictor": predictor_lr_mult}
+        self.fixed_lr = ("predictor",) if predictor_fixed_lr else ()
         self.backbone = backbone
         self.projector = mlp(backbone.out_dim, proj_dim, proj_dim, layers=3, last_norm=True)
         self.predictor = mlp(proj_dim, pred_dim, proj_dim, layers=2)
