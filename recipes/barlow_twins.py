@@ -16,7 +16,7 @@ from mmssl.objectives.barlow_twins import BarlowTwins  # noqa: E402
 from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, run_image_recipe, two_views  # noqa: E402
 
 DEFAULTS = {**IMAGE_SSL_DEFAULTS, "output_dir": "runs/barlow_twins",
-            "barlow_twins": {"proj_dim": 8192, "hidden_dim": 8192, "lambd": 0.005}}
+            "barlow_twins": {"proj_dim": 8192, "hidden_dim": 8192, "lambd": 0.005, "per_view_bn": True}}
 
 
 def objective(cfg):

@@ -1,5 +1,6 @@
-"""The moving parts of the image SSL objectives: EMA, momentum schedule, queue, MoCo's Shuffling BN,
-DINO centre and temperature, Sinkhorn under the objective, rotations, jigsaw permutations and tiles."""
+"""The moving parts of the image SSL objectives: EMA, momentum schedule, queue, MoCo's Shuffling BN
+and symmetric loss, Barlow Twins' per-view BatchNorm, DINO centre and temperature, Sinkhorn under
+the objective, rotations, jigsaw permutations and tiles."""
 from __future__ import annotations
 
 import itertools
@@ -10,8 +11,10 @@ import torch
 from torch import nn
 
 from mmssl.collapse import effective_rank
+from mmssl.losses import barlow_twins
 from mmssl.models.ema import ema_update, make_target
 from mmssl.models.queue import FeatureQueue
+from mmssl.objectives.barlow_twins import BarlowTwins
 from mmssl.objectives.dino import DINO
 from mmssl.objectives.jigsaw import cut_tiles, max_hamming_permutations, standardise_tiles
 from mmssl.objectives.moco import MoCo, forward_in_groups
@@ -121,6 +124,19 @@ def test_symmetric_moco_v2_averages_both_directions_against_the_old_queue_and_qu
     assert int(moco.queue.filled) == 16
     with pytest.raises(ValueError, match="v2 only"):
         MoCo(Flat(), "v3", proj_dim=4, hidden_dim=8, symmetric=True)
+
+
+def test_barlow_twins_per_view_bn_normalises_each_view_with_its_own_statistics():
+    torch.manual_seed(0)
+    v1, v2 = torch.randn(16, 12), torch.randn(16, 12) * 3 + 1  # views with different statistics
+    per_view = BarlowTwins(Flat(), proj_dim=6, hidden_dim=8, per_view_bn=True)
+    joint = BarlowTwins(Flat(), proj_dim=6, hidden_dim=8, per_view_bn=False)
+    joint.load_state_dict(per_view.state_dict())
+    alone = [per_view.projector(v) for v in (v1, v2)]  # each view through the projector's BatchNorm by itself
+    together = joint.projector(torch.cat([v1, v2])).chunk(2)
+    assert torch.allclose(per_view({"views": [v1, v2]})["loss"], barlow_twins(*alone, per_view.lambd))
+    assert torch.allclose(joint({"views": [v1, v2]})["loss"], barlow_twins(*together, joint.lambd))
+    assert not torch.allclose(alone[1], together[1], atol=1e-3)
 
 def test_dino_centre_is_an_ema_of_the_teacher_batch_mean():
     dino = DINO(Flat(), out_dim=6, hidden_dim=8, bottleneck_dim=4, center_momentum=0.9)

@@ -3,6 +3,10 @@
 Paper: Zbontar et al. 2021, "Barlow Twins: Self-Supervised Learning via Redundancy Reduction",
 https://arxiv.org/abs/2103.03230. Embeddings are gathered from every rank with gradients, so the
 batch standardisation and the cross-correlation are those of the global batch.
+
+`per_view_bn` (default on) encodes each view in its own forward pass, as the paper's Algorithm 1
+does, so every BatchNorm layer normalises a view with that view's statistics; off, the two views
+go through as one batch and share them.
 """
 from __future__ import annotations
 
@@ -20,13 +24,17 @@ class BarlowTwins(nn.Module):
 
     batch_keys = ("views",)
 
-    def __init__(self, backbone: nn.Module, proj_dim: int = 8192, hidden_dim: int = 8192, lambd: float = 5e-3):
+    def __init__(self, backbone: nn.Module, proj_dim: int = 8192, hidden_dim: int = 8192, lambd: float = 5e-3,
+                 per_view_bn: bool = True):
         super().__init__()
-        self.backbone, self.lambd = backbone, lambd
+        self.backbone, self.lambd, self.per_view_bn = backbone, lambd, per_view_bn
         self.projector = mlp(backbone.out_dim, hidden_dim, proj_dim, layers=3)
 
     def forward(self, batch: dict, progress: float = 0.0) -> dict:
         v1, v2 = batch["views"][:2]
-        z1, z2 = self.projector(self.backbone(torch.cat([v1, v2]))).chunk(2)
+        if self.per_view_bn:
+            z1, z2 = self.projector(self.backbone(v1)), self.projector(self.backbone(v2))
+        else:
+            z1, z2 = self.projector(self.backbone(torch.cat([v1, v2]))).chunk(2)
         loss = barlow_twins(dist.gather_with_grad(z1), dist.gather_with_grad(z2), self.lambd)
         return {"loss": loss, "embed_std": embedding_std(z1)}
