@@ -16,7 +16,7 @@ from mmssl.objectives.byol import BYOL  # noqa: E402
 from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, run_image_recipe, two_views  # noqa: E402
 
 DEFAULTS = {**IMAGE_SSL_DEFAULTS, "output_dir": "runs/byol",
-            "byol": {"proj_dim": 256, "hidden_dim": 4096, "momentum": 0.996, "predictor_lr_mult": 1.0}}
+            "byol": {"proj_dim": 256, "hidden_dim": 4096, "momentum": 0.996, "predictor_lr_mult": 1.0, "per_view_bn": True}}
 
 
 def objective(cfg):

@@ -1,20 +1,20 @@
 """The moving parts of the image SSL objectives: EMA, momentum schedule, queue, MoCo's Shuffling BN
-and symmetric loss, Barlow Twins' per-view BatchNorm, DINO centre and temperature, Sinkhorn under
-the objective, rotations, jigsaw permutations and tiles."""
+and symmetric loss, per-view BatchNorm (Barlow Twins, BYOL), DINO centre and temperature, Sinkhorn
+under the objective, rotations, jigsaw permutations and tiles."""
 from __future__ import annotations
 
 import itertools
 import math
 
-import pytest
 import torch
 from torch import nn
 
 from mmssl.collapse import effective_rank
-from mmssl.losses import barlow_twins
+from mmssl.losses import barlow_twins, byol_loss
 from mmssl.models.ema import ema_update, make_target
 from mmssl.models.queue import FeatureQueue
 from mmssl.objectives.barlow_twins import BarlowTwins
+from mmssl.objectives.byol import BYOL
 from mmssl.objectives.dino import DINO
 from mmssl.objectives.jigsaw import cut_tiles, max_hamming_permutations, standardise_tiles
 from mmssl.objectives.moco import MoCo, forward_in_groups
@@ -122,8 +122,10 @@ def test_symmetric_moco_v2_averages_both_directions_against_the_old_queue_and_qu
     # Queued in the order the directions ran: view 2's keys (for queries of view 1), then view 1's.
     assert torch.allclose(moco.queue.items[:16], torch.cat([z2, z1]).detach(), atol=1e-6)
     assert int(moco.queue.filled) == 16
-    with pytest.raises(ValueError, match="v2 only"):
-        MoCo(Flat(), "v3", proj_dim=4, hidden_dim=8, symmetric=True)
+    # v3 is symmetric whatever the flag says: the same loss with it on and off.
+    v3 = [MoCo(Flat(), "v3", proj_dim=4, hidden_dim=8, symmetric=flag) for flag in (True, False)]
+    v3[1].load_state_dict(v3[0].state_dict())
+    assert torch.allclose(*(m({"views": [v1, v2]})["loss"] for m in v3))
 
 
 def test_barlow_twins_per_view_bn_normalises_each_view_with_its_own_statistics():
@@ -137,6 +139,18 @@ def test_barlow_twins_per_view_bn_normalises_each_view_with_its_own_statistics()
     assert torch.allclose(per_view({"views": [v1, v2]})["loss"], barlow_twins(*alone, per_view.lambd))
     assert torch.allclose(joint({"views": [v1, v2]})["loss"], barlow_twins(*together, joint.lambd))
     assert not torch.allclose(alone[1], together[1], atol=1e-3)
+
+
+def test_byol_per_view_bn_encodes_each_view_alone_in_both_networks():
+    torch.manual_seed(0)
+    v1, v2 = torch.randn(16, 12), torch.randn(16, 12) * 3 + 1
+    byol = BYOL(Flat(), proj_dim=6, hidden_dim=8, per_view_bn=True)
+    p1, p2 = (byol.predictor(byol.online(v)) for v in (v1, v2))
+    with torch.no_grad():
+        t1, t2 = (byol.target(v) for v in (v1, v2))
+    assert torch.allclose(byol({"views": [v1, v2]})["loss"], byol_loss(p1, t2) + byol_loss(p2, t1))
+    byol.per_view_bn = False
+    assert not torch.allclose(byol({"views": [v1, v2]})["loss"], byol_loss(p1, t2) + byol_loss(p2, t1), atol=1e-3)
 
 def test_dino_centre_is_an_ema_of_the_teacher_batch_mean():
     dino = DINO(Flat(), out_dim=6, hidden_dim=8, bottleneck_dim=4, center_momentum=0.9)

@@ -6,6 +6,8 @@
   adds the other direction (query view 2, key view 1) and averages the two terms, as v3 does:
   every image then trains the encoder through both of its views, as in SimCLR, BYOL and the
   other two-view objectives here, at twice the encoder work per step; both views' keys are queued.
+  v3's loss is symmetric by design, so `symmetric` only chooses between v2's one and two directions
+  (the demo config sets it and stays valid with `moco.version=v3`).
 - v3 (Chen et al. 2021, "An Empirical Study of Training Self-Supervised Vision Transformers",
   https://arxiv.org/abs/2104.02057): no queue; a predictor on the query side; the keys of the
   global batch are the negatives; symmetric loss, each term scaled by 2t as in the paper's code.
@@ -50,8 +52,6 @@ class MoCo(nn.Module):
             raise ValueError(f"MoCo version must be 'v2' or 'v3', got '{version}'")
         if bn_groups < 1:
             raise ValueError(f"MoCo bn_groups must be at least 1, got {bn_groups}")
-        if symmetric and version == "v3":
-            raise ValueError("MoCo symmetric applies to v2 only: v3's loss is always symmetric")
         self.version, self.temperature, self.momentum, self.bn_groups = version, temperature, momentum, bn_groups
         self.symmetric = symmetric
         if version == "v2":
