@@ -39,7 +39,6 @@ def test_multiplier_scales_the_predictor_learning_rate_through_the_schedule(name
     assert lrs[True] == pytest.approx(10 * lrs[False]) and lrs[False] < 0.2
 
 
-
 @pytest.mark.parametrize("name", ["adamw", "lars", "sgd"])
 def test_fixed_lr_groups_keep_their_rate_while_the_others_warm_up_and_decay(name):
     model = small_simsiam(10.0, fixed=True)
@@ -58,6 +57,7 @@ def test_fixed_lr_groups_keep_their_rate_while_the_others_warm_up_and_decay(name
     assert encoder[0] == pytest.approx(0.1) and encoder[2] == pytest.approx(0.2) and encoder[-1] < 0.02
     with pytest.raises(ValueError, match="'predictr', which is no submodule"):
         build_optimizer(model, name, 0.1, 0.0, fixed_lr=("predictr",))
+
 
 def test_sgd_uses_momentum_and_unknown_names_are_refused():
     opt = build_optimizer(torch.nn.Linear(3, 2), "sgd", 0.1, 1e-4)

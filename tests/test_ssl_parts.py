@@ -99,7 +99,6 @@ def test_moco_v2_encodes_only_query_view_1_and_key_view_2():
     assert seen == [20, 20]  # sub-batches would hold fewer than 16 images: one each
 
 
-
 def test_symmetric_moco_v2_averages_both_directions_against_the_old_queue_and_queues_both_keys():
     torch.manual_seed(0)
     moco = MoCo(Flat(), "v2", proj_dim=4, hidden_dim=8, queue_size=64, bn_groups=1, symmetric=True)
@@ -151,6 +150,7 @@ def test_byol_per_view_bn_encodes_each_view_alone_in_both_networks():
     assert torch.allclose(byol({"views": [v1, v2]})["loss"], byol_loss(p1, t2) + byol_loss(p2, t1))
     byol.per_view_bn = False
     assert not torch.allclose(byol({"views": [v1, v2]})["loss"], byol_loss(p1, t2) + byol_loss(p2, t1), atol=1e-3)
+
 
 def test_dino_centre_is_an_ema_of_the_teacher_batch_mean():
     dino = DINO(Flat(), out_dim=6, hidden_dim=8, bottleneck_dim=4, center_momentum=0.9)

@@ -32,9 +32,7 @@ class BarlowTwins(nn.Module):
 
     def forward(self, batch: dict, progress: float = 0.0) -> dict:
         v1, v2 = batch["views"][:2]
-        if self.per_view_bn:
-            z1, z2 = self.projector(self.backbone(v1)), self.projector(self.backbone(v2))
-        else:
-            z1, z2 = self.projector(self.backbone(torch.cat([v1, v2]))).chunk(2)
+        batches = [v1, v2] if self.per_view_bn else [torch.cat([v1, v2])]
+        z1, z2 = torch.cat([self.projector(self.backbone(x)) for x in batches]).chunk(2)
         loss = barlow_twins(dist.gather_with_grad(z1), dist.gather_with_grad(z2), self.lambd)
         return {"loss": loss, "embed_std": embedding_std(z1)}

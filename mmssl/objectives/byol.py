@@ -46,14 +46,10 @@ class BYOL(nn.Module):
 
     def forward(self, batch: dict, progress: float = 0.0) -> dict:
         v1, v2 = batch["views"][:2]
-        if self.per_view_bn:
-            p1, p2 = self.predictor(self.online(v1)), self.predictor(self.online(v2))
-            with torch.no_grad():
-                t1, t2 = self.target(v1), self.target(v2)
-        else:
-            p1, p2 = self.predictor(self.online(torch.cat([v1, v2]))).chunk(2)
-            with torch.no_grad():
-                t1, t2 = self.target(torch.cat([v1, v2])).chunk(2)
+        batches = [v1, v2] if self.per_view_bn else [torch.cat([v1, v2])]
+        p1, p2 = torch.cat([self.predictor(self.online(x)) for x in batches]).chunk(2)
+        with torch.no_grad():
+            t1, t2 = torch.cat([self.target(x) for x in batches]).chunk(2)
         loss = byol_loss(p1, t2) + byol_loss(p2, t1)
         return {"loss": loss, "embed_std": embedding_std(p1)}
 

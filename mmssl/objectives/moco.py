@@ -80,17 +80,18 @@ class MoCo(nn.Module):
             # reverse pair when symmetric.
             pairs = [(v1, v2), (v2, v1)] if self.symmetric else [(v1, v2)]
             negatives = self.queue.items.clone()  # push() then overwrites rows
-            losses, queries, keys = [], [], []
-            for query_view, key_view in pairs:
+            losses, keys = [], []
+            for i, (query_view, key_view) in enumerate(pairs):
                 q = F.normalize(forward_in_groups(self.online, query_view, groups), dim=-1)
                 with torch.no_grad():
                     shuffle = torch.randperm(b, device=key_view.device)
                     k = F.normalize(forward_in_groups(self.target, key_view, groups, shuffle), dim=-1)
                 losses.append(moco_loss(q, k, negatives, self.temperature))
-                queries.append(q)
                 keys.append(k)
+                if i == 0:
+                    first_queries = q  # view 1's, whose spread is logged either way
             self.queue.push(dist.gather_no_grad(torch.cat(keys)))  # enqueue after use, as in the paper
-            return {"loss": sum(losses) / len(losses), "embed_std": embedding_std(queries[0])}
+            return {"loss": sum(losses) / len(losses), "embed_std": embedding_std(first_queries)}
         q1, q2 = F.normalize(self.predictor(self.online(torch.cat([v1, v2]))), dim=-1).chunk(2)
         with torch.no_grad():
             k1, k2 = F.normalize(self.target(torch.cat([v1, v2])), dim=-1).chunk(2)
