@@ -14,6 +14,13 @@ raw pixels.
 
 Writes OUT/table.md, OUT/results.json and OUT/table.png. A method whose results are already in
 OUT/results.json with the same steps is not trained again (--force retrains).
+
+    python benchmarks/image_ssl_table.py --stages 3,4 [--methods byol,moco] [--out runs/image_ssl_table]
+
+trains nothing: it probes the encoders the table saved (OUT/<method>/encoder) and the random-init
+ResNet at each given stage of the ResNet (mmssl.eval.backbone_model; 4 is the final stage, whose
+average equals the pooled features of the table), and writes OUT/stages.md and OUT/stages.json.
+MAE's ViT has no stages and is left out; a method with no saved encoder is named and skipped.
 """
 from __future__ import annotations
 
@@ -50,9 +57,47 @@ class Pixels(torch.nn.Module):
         return images.flatten(1)
 
 
-def evaluate(backbone) -> dict:
+def evaluate(backbone, stage: int | None = None) -> dict:
     torch.manual_seed(0)
-    return run_tasks(BackboneEval(backbone.eval()), ["knn", "linear"], DATA, "test", SIZE, batch_size=256, workers=2)
+    return run_tasks(BackboneEval(backbone.eval(), stage), ["knn", "linear"], DATA, "test", SIZE, batch_size=256, workers=2)
+
+
+def probe_stages(out: Path, stages: list[int], methods: list[str]) -> int:
+    """kNN / linear at each stage for the random-init ResNet and each saved encoder in OUT."""
+    torch.manual_seed(0)
+    models = {"random-init ResNet": build_encoder(SMALL_RESNET)}
+    for m in methods:
+        if m == "mae":
+            print("mae: skipped (its ViT has no stages)")
+        elif not (out / m / "encoder").is_dir():
+            print(f"{m}: skipped (no {out / m / 'encoder'}; train it first: --methods {m})")
+        else:
+            models[m] = build_encoder({"name": str(out / m / "encoder"), "freeze": True})
+    results = {name: {} for name in models}
+    for name, model in models.items():
+        for stage in stages:
+            metrics = evaluate(model, stage)
+            results[name][str(stage)] = {"knn_top1": metrics["knn_top1@20"], "linear_top1": metrics["linear_top1"],
+                                         "linear_train_top1": metrics["linear_train_top1"],
+                                         "feature_rank": metrics["feature_rank"]}
+            print(f"{name:26s} stage {stage}  kNN {100 * metrics['knn_top1@20']:5.1f}  "
+                  f"linear {100 * metrics['linear_top1']:5.1f}", flush=True)
+    (out / "stages.json").write_text(json.dumps(results, indent=1))
+    ref = results["random-init ResNet"]
+    head = " | ".join(f"stage {s}: kNN / linear (vs random)" for s in stages)
+    lines = [f"Fashion-MNIST test split, kNN (k=20) and linear top-1 on each ResNet stage's averaged output; encoders "
+             f"from {out}.", "", f"| method | {head} |", "|---|" + "---|" * len(stages)]
+    for name, by_stage in results.items():
+        cells = []
+        for s in map(str, stages):
+            r, b = by_stage[s], ref[s]
+            delta = "" if name == "random-init ResNet" else (f" ({100 * (r['knn_top1'] - b['knn_top1']):+.1f} / "
+                                                             f"{100 * (r['linear_top1'] - b['linear_top1']):+.1f})")
+            cells.append(f"{100 * r['knn_top1']:.1f} / {100 * r['linear_top1']:.1f}{delta}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    (out / "stages.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
 
 
 def train(method: str, steps: int, out: Path, recipe: str | None = None, overrides=()) -> dict:
@@ -99,14 +144,25 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--out", type=Path, default=Path("runs/image_ssl_table"))
     p.add_argument("--force", action="store_true")
+    p.add_argument("--stages", default="", help="comma-separated ResNet stages (0-4) to probe the saved encoders at; "
+                                                "trains nothing")
     args = p.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         p.error(f"unknown method '{unknown[0]}' (choose from {', '.join(METHODS)})")
+    try:
+        stages = [int(x) for x in args.stages.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--stages takes comma-separated integers, got '{args.stages}'")
+    bad = [x for x in stages if not 0 <= x <= len(SMALL_RESNET["config"]["depths"])]
+    if bad:
+        p.error(f"stage {bad[0]} does not exist (the ResNet has stages 0 to {len(SMALL_RESNET['config']['depths'])})")
     os.chdir(ROOT)
     subprocess.run([sys.executable, "tools/build_fashion_mnist.py", "--out", DATA], check=True)
     args.out.mkdir(parents=True, exist_ok=True)
+    if stages:
+        return probe_stages(args.out, stages, methods)
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     torch.manual_seed(0)

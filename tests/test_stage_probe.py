@@ -1,0 +1,53 @@
+"""Probing an intermediate stage of a backbone (mmssl.eval.backbone_model.BackboneEval(stage=...))."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmssl.eval.backbone_model import BackboneEval
+from mmssl.models.encoders import EncoderSpecError, build_encoder
+from mmssl.models.vit import ViT
+from mmssl.recipe_image import SMALL_RESNET
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    return build_encoder(SMALL_RESNET).eval()
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3, 4])
+def test_each_resnet_stage_is_its_averaged_output(resnet, stage):
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        x = resnet.model.embedder(images)
+        for block in resnet.model.encoder.stages[:stage]:
+            x = block(x)
+    expected = x.mean(dim=(2, 3))
+    got = BackboneEval(resnet, stage).image_features(images)
+    assert got.shape == (3, ([32] + SMALL_RESNET["config"]["hidden_sizes"])[stage])
+    torch.testing.assert_close(got, expected)
+
+
+def test_the_last_stage_is_the_pooled_features_the_table_probes(resnet):
+    images = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(BackboneEval(resnet, 4).image_features(images), BackboneEval(resnet).image_features(images))
+    assert not torch.allclose(BackboneEval(resnet, 3).image_features(images)[:, :4],
+                              BackboneEval(resnet).image_features(images)[:, :4])
+
+
+def test_a_transformers_vit_stage_averages_its_tokens():
+    enc = build_encoder({"name": "vit", "modality": "image", "config": {
+        "model_type": "vit", "image_size": 32, "patch_size": 8, "hidden_size": 24, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "intermediate_size": 32}}).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens = enc.model.embeddings(images)  # [B, 1 + 16, 24]: CLS and patches
+    torch.testing.assert_close(BackboneEval(enc, 0).image_features(images), tokens.mean(1))
+
+
+def test_a_stage_that_does_not_exist_is_named(resnet):
+    with pytest.raises(EncoderSpecError, match="stage 5 does not exist: ResNetModel has stages 0 \\(stem\\) to 4"):
+        BackboneEval(resnet, 5)
+    with pytest.raises(EncoderSpecError, match="only a transformers image backbone exposes its stages, not ViT"):
+        BackboneEval(ViT(image_size=32, patch_size=4, dim=24, depth=1, heads=2), 1)
