@@ -15,6 +15,12 @@ raw pixels.
 Writes OUT/table.md, OUT/results.json and OUT/table.png. A method whose results are already in
 OUT/results.json with the same steps is not trained again (--force retrains).
 
+`--image-size 64 --widths 32,64,128,256` trains and probes every method, and builds the random
+baselines, at that input size and those ResNet stage widths (the stem gets half the first width)
+instead of 32 px and 64,128,256,512. At 32 px the ResNet's last stage sees a 1x1 map (see
+--stages below); at 64 px it sees 2x2, and halving the widths keeps the work per step about the
+same. OUT remembers the setup it was made with and refuses another.
+
     python benchmarks/image_ssl_table.py --stages 3,4 [--methods byol,moco] [--out runs/image_ssl_table]
 
 trains nothing: it probes the encoders the table saved (OUT/<method>/encoder) and the random-init
@@ -47,7 +53,8 @@ from mmssl.recipe_image import SMALL_RESNET  # noqa: E402
 METHODS = ["simclr", "moco", "byol", "simsiam", "dino", "barlow_twins", "vicreg", "swav", "nnclr", "mae", "rotation",
            "jigsaw", "supcon"]
 DATA = "shards/fashion_mnist"
-SIZE = 32
+SIZE = 32  # the default input size; --image-size changes it
+WIDTHS = SMALL_RESNET["config"]["hidden_sizes"]
 
 
 class Pixels(torch.nn.Module):
@@ -57,15 +64,20 @@ class Pixels(torch.nn.Module):
         return images.flatten(1)
 
 
-def evaluate(backbone, stage: int | None = None) -> dict:
+def resnet_spec(widths: list[int]) -> dict:
+    """SMALL_RESNET with these stage widths (and a stem of half the first)."""
+    return {**SMALL_RESNET, "config": {**SMALL_RESNET["config"], "hidden_sizes": widths, "embedding_size": widths[0] // 2}}
+
+
+def evaluate(backbone, size: int, stage: int | None = None) -> dict:
     torch.manual_seed(0)
-    return run_tasks(BackboneEval(backbone.eval(), stage), ["knn", "linear"], DATA, "test", SIZE, batch_size=256, workers=2)
+    return run_tasks(BackboneEval(backbone.eval(), stage), ["knn", "linear"], DATA, "test", size, batch_size=256, workers=2)
 
 
-def probe_stages(out: Path, stages: list[int], methods: list[str]) -> int:
+def probe_stages(out: Path, stages: list[int], methods: list[str], size: int, widths: list[int]) -> int:
     """kNN / linear at each stage for the random-init ResNet and each saved encoder in OUT."""
     torch.manual_seed(0)
-    models = {"random-init ResNet": build_encoder(SMALL_RESNET)}
+    models = {"random-init ResNet": build_encoder(resnet_spec(widths))}
     for m in methods:
         if m == "mae":
             print("mae: skipped (its ViT has no stages)")
@@ -76,7 +88,7 @@ def probe_stages(out: Path, stages: list[int], methods: list[str]) -> int:
     results = {name: {} for name in models}
     for name, model in models.items():
         for stage in stages:
-            metrics = evaluate(model, stage)
+            metrics = evaluate(model, size, stage)
             results[name][str(stage)] = {"knn_top1": metrics["knn_top1@20"], "linear_top1": metrics["linear_top1"],
                                          "linear_train_top1": metrics["linear_train_top1"],
                                          "feature_rank": metrics["feature_rank"]}
@@ -144,6 +156,8 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--out", type=Path, default=Path("runs/image_ssl_table"))
     p.add_argument("--force", action="store_true")
+    p.add_argument("--image-size", type=int, default=SIZE, help="input size in pixels for training and probing")
+    p.add_argument("--widths", default=",".join(map(str, WIDTHS)), help="the ResNet's four stage widths")
     p.add_argument("--stages", default="", help="comma-separated ResNet stages (0-4) to probe the saved encoders at; "
                                                 "trains nothing")
     args = p.parse_args(argv)
@@ -158,19 +172,40 @@ def main(argv=None) -> int:
     bad = [x for x in stages if not 0 <= x <= len(SMALL_RESNET["config"]["depths"])]
     if bad:
         p.error(f"stage {bad[0]} does not exist (the ResNet has stages 0 to {len(SMALL_RESNET['config']['depths'])})")
+    try:
+        widths = [int(x) for x in args.widths.split(",")]
+    except ValueError:
+        widths = []
+    if len(widths) != len(WIDTHS) or min(widths) < 2:
+        p.error(f"--widths takes {len(WIDTHS)} comma-separated widths of 2 or more, got '{args.widths}'")
+    if args.image_size < 16:
+        p.error(f"--image-size must be at least 16 px, got {args.image_size}")
+    setup = {"image_size": args.image_size, "widths": widths}
     os.chdir(ROOT)
     subprocess.run([sys.executable, "tools/build_fashion_mnist.py", "--out", DATA], check=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    if stages:
-        return probe_stages(args.out, stages, methods)
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    # A table made before the setup was recorded used the defaults.
+    made_with = results.get("setup", {"image_size": SIZE, "widths": WIDTHS}) if results else setup
+    if made_with != setup:
+        p.error(f"{args.out} holds a table made with image size {made_with['image_size']} and widths "
+                f"{made_with['widths']}; give another --out for image size {args.image_size} and widths {widths}")
+    results["setup"] = setup
+    if stages:
+        return probe_stages(args.out, stages, methods, args.image_size, widths)
+    overrides = [] if setup == {"image_size": SIZE, "widths": WIDTHS} else [
+        f"image_size={args.image_size}", f"backbone.config.hidden_sizes=[{','.join(map(str, widths))}]",
+        f"backbone.config.embedding_size={widths[0] // 2}", f"augment.local_size={args.image_size // 2}"]
+    # Sizes the demo configs give as half the 32-px input stay half of the new one.
+    per_method = {"mae": overrides[:1], "jigsaw": overrides + [f"jigsaw.tile_size={args.image_size // 2}"]} if overrides else {}
     torch.manual_seed(0)
-    baselines = {"raw pixels": Pixels(), "random-init ResNet": build_encoder(SMALL_RESNET),
-                 "random-init ViT (MAE's)": ViT(image_size=SIZE, patch_size=4, dim=192, depth=6, heads=3)}
+    baselines = {"raw pixels": Pixels(), "random-init ResNet": build_encoder(resnet_spec(widths))}
+    if "mae" in methods or "mae" in results:  # its ViT baseline is slow at larger sizes; only MAE's row needs it
+        baselines["random-init ViT (MAE's)"] = ViT(image_size=args.image_size, patch_size=4, dim=192, depth=6, heads=3)
     for name, model in baselines.items():
         if name not in results or args.force:
-            metrics = evaluate(model)
+            metrics = evaluate(model, args.image_size)
             results[name] = {"knn_top1": metrics["knn_top1@20"], "linear_top1": metrics["linear_top1"],
                              "feature_rank": metrics["feature_rank"]}
             results_path.write_text(json.dumps(results, indent=1))
@@ -179,14 +214,16 @@ def main(argv=None) -> int:
         if m in results and results[m].get("steps") == args.steps and not args.force:
             continue
         print(f"training {m} for {args.steps} steps ...", flush=True)
-        results[m] = train(m, args.steps, args.out)
+        # MAE's ViT has no ResNet widths or local crops; it takes the image size only.
+        results[m] = train(m, args.steps, args.out, overrides=per_method.get(m, overrides))
         results_path.write_text(json.dumps(results, indent=1))
         r = results[m]
         print(f"{m:26s} kNN {100 * r['knn_top1']:5.1f}  linear {100 * r['linear_top1']:5.1f}  "
               f"loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}  {r['minutes']:.1f} min", flush=True)
     ref = results["random-init ResNet"]
     lines = [f"Fashion-MNIST test split (10,000 images), frozen features; pretraining: {args.steps} steps of batch 256 "
-             f"on 10,000 training images (about {args.steps * 256 / 10_000:.0f} epochs), one CPU process, 32 px.", "",
+             f"on 10,000 training images (about {args.steps * 256 / 10_000:.0f} epochs), one CPU process, "
+             f"{args.image_size} px, ResNet widths {','.join(map(str, widths))}.", "",
              "| method | kNN top-1 (k=20) | linear top-1 | vs random init (kNN / linear) | feature rank | loss first → last "
              "| embed std | minutes |",
              "|---|---|---|---|---|---|---|---|"]
