@@ -19,7 +19,8 @@ OUT/results.json with the same steps is not trained again (--force retrains).
 baselines, at that input size and those ResNet stage widths (the stem gets half the first width)
 instead of 32 px and 64,128,256,512. At 32 px the ResNet's last stage sees a 1x1 map (see
 --stages below); at 64 px it sees 2x2, and halving the widths keeps the work per step about the
-same. OUT remembers the setup it was made with and refuses another.
+same. DINO's and SwAV's local crops and jigsaw's tiles stay half the input, as in the demo
+configs; MAE takes the new size only. OUT remembers the setup it was made with and refuses another.
 
     python benchmarks/image_ssl_table.py --stages 3,4 [--methods byol,moco] [--out runs/image_ssl_table]
 
