@@ -32,8 +32,6 @@ def test_each_resnet_stage_is_its_averaged_output(resnet, stage):
 def test_the_last_stage_is_the_pooled_features_the_table_probes(resnet):
     images = torch.randn(3, 3, 32, 32)
     torch.testing.assert_close(BackboneEval(resnet, 4).image_features(images), BackboneEval(resnet).image_features(images))
-    assert not torch.allclose(BackboneEval(resnet, 3).image_features(images)[:, :4],
-                              BackboneEval(resnet).image_features(images)[:, :4])
 
 
 def test_a_transformers_vit_stage_averages_its_tokens():
