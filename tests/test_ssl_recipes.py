@@ -42,15 +42,15 @@ def test_recipe_runs_with_two_processes_and_saves_an_encoder(name, fashion_shard
                                "--split", "test", "--workers", "0"], capture_output=True, text=True, cwd=ROOT)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert json.loads(proc.stdout.strip().splitlines()[-1])["knn_top1@20"] == pytest.approx(final["knn_top1@20"])
-        # --stage 4, the ResNet's last stage averaged, is the same features; --stage 9 is named as missing
-        for stage, expect in (("4", 0), ("9", 2)):
+        # --stage 3, the demo ResNet's last stage averaged, is the same features; --stage 9 is named as missing
+        for stage, expect in (("3", 0), ("9", 2)):
             proc = subprocess.run([sys.executable, "-m", "mmssl.eval", str(run), "--task", "knn", "--data",
                                    str(fashion_shards), "--split", "test", "--workers", "0", "--stage", stage],
                                   capture_output=True, text=True, cwd=ROOT)
             assert proc.returncode == expect, proc.stderr[-2000:]
-        assert "stage 9 does not exist: ResNetModel has stages 0 (stem) to 4" in proc.stderr.strip().splitlines()[-1]
+        assert "stage 9 does not exist: ResNetModel has stages 0 (stem) to 3" in proc.stderr.strip().splitlines()[-1]
         record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-        assert record["stage"] == 4 and record["knn_top1@20"] == pytest.approx(final["knn_top1@20"])
+        assert record["stage"] == 3 and record["knn_top1@20"] == pytest.approx(final["knn_top1@20"])
     if name != "mae":  # transformers' ResNet: loads with AutoModel as well
         from transformers import AutoModel
 

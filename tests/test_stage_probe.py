@@ -7,7 +7,7 @@ import torch
 from mmssl.eval.backbone_model import BackboneEval
 from mmssl.models.encoders import EncoderSpecError, build_encoder
 from mmssl.models.vit import ViT
-from mmssl.recipe_image import SMALL_RESNET
+from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, RESNET_32PX, SMALL_RESNET
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +49,14 @@ def test_a_stage_that_does_not_exist_is_named(resnet):
         BackboneEval(resnet, 5)
     with pytest.raises(EncoderSpecError, match="only a transformers image backbone exposes its stages, not ViT"):
         BackboneEval(ViT(image_size=32, patch_size=4, dim=24, depth=1, heads=2), 1)
+
+
+def test_the_image_demos_resnet_ends_on_a_2x2_map_at_32_px():
+    # The reason the image SSL demos drop the fourth stage: at 32 px it sees a single position.
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        maps = [build_encoder(spec).model(images, output_hidden_states=True).hidden_states
+                for spec in (RESNET_32PX, SMALL_RESNET)]
+    assert [tuple(h.shape[-2:]) for h in maps[0]] == [(8, 8), (8, 8), (4, 4), (2, 2)]
+    assert tuple(maps[1][-1].shape[-2:]) == (1, 1)
+    assert IMAGE_SSL_DEFAULTS["backbone"] is RESNET_32PX
