@@ -5,29 +5,32 @@
 
 Builds the shards if needed (tools/build_fashion_mnist.py: 1,000 train images per class, the full
 10,000-image official test split). Pretrains each method with its recipe and
-`recipes/configs/<method>_demo.yaml` (the small ResNet at 32 px, batch 256, --steps steps, AdamW,
-one CPU process), then reports kNN (k=20) and linear-probe top-1 on the test split, with the 10k
-training images as the bank and the probe's training set, and the RankMe effective rank of the
-test features (mmssl.collapse.effective_rank; dimensional collapse shows as a low rank). Baselines
-in the same run: the same backbone randomly initialised (and MAE's ViT randomly initialised), and
-raw pixels.
+`recipes/configs/<method>_demo.yaml` (mmssl.recipe_image.RESNET_32PX, a three-stage ResNet, at 32
+px, batch 256, --steps steps, AdamW, one CPU process), then reports kNN (k=20) and linear-probe
+top-1 on the test split, with the 10k training images as the bank and the probe's training set,
+and the RankMe effective rank of the test features (mmssl.collapse.effective_rank; dimensional
+collapse shows as a low rank). Baselines in the same run: the same backbone randomly initialised
+(and MAE's ViT randomly initialised), and raw pixels. The random-init ResNet is also evaluated at
+seeds 1 to 3 (--random-seeds 4), and the table gives the range over the four: how much random
+initialisation alone moves the probes. The margins stay against seed 0.
 
 Writes OUT/table.md, OUT/results.json and OUT/table.png. A method whose results are already in
 OUT/results.json with the same steps is not trained again (--force retrains).
 
-`--image-size 64 --widths 32,64,128,256` trains and probes every method, and builds the random
-baselines, at that input size and those ResNet stage widths (the stem gets half the first width)
-instead of 32 px and 64,128,256,512. At 32 px the ResNet's last stage sees a 1x1 map (see
---stages below); at 64 px it sees 2x2, and halving the widths keeps the work per step about the
-same. DINO's and SwAV's local crops and jigsaw's tiles stay half the input, as in the demo
-configs; MAE takes the new size only. OUT remembers the setup it was made with and refuses another.
+`--widths` and `--image-size` change the ResNet for every method and baseline (MAE takes the image
+size only). Three widths give three stages, four give four; the stem gets half the first width.
+`--widths 64,128,256,512` is the four-stage ResNet the table used before: at 32 px its last stage
+sees a 1x1 map (see --stages below). `--image-size 64 --widths 32,64,128,256` gives that stage a
+2x2 map, and halving the widths keeps the work per step about the same. DINO's and SwAV's local
+crops and jigsaw's tiles stay half the input, as in the demo configs. OUT remembers the setup it
+was made with and refuses another.
 
-    python benchmarks/image_ssl_table.py --stages 3,4 [--methods byol,moco] [--out runs/image_ssl_table]
+    python benchmarks/image_ssl_table.py --stages 2,3 [--methods byol,moco] [--out runs/image_ssl_table]
 
 trains nothing: it probes the encoders the table saved (OUT/<method>/encoder) and the random-init
-ResNet at each given stage of the ResNet (mmssl.eval.backbone_model; 4 is the final stage, whose
-average equals the pooled features of the table), and writes OUT/stages.md and OUT/stages.json.
-MAE's ViT has no stages and is left out; a method with no saved encoder is named and skipped.
+ResNet at each given stage of the ResNet (mmssl.eval.backbone_model; the last stage's average
+equals the pooled features of the table), and writes OUT/stages.md and OUT/stages.json. MAE's ViT
+has no stages and is left out; a method with no saved encoder is named and skipped.
 """
 from __future__ import annotations
 
@@ -49,13 +52,15 @@ from mmssl.eval.backbone_model import BackboneEval  # noqa: E402
 from mmssl.eval.tasks import run_tasks  # noqa: E402
 from mmssl.models.encoders import build_encoder  # noqa: E402
 from mmssl.models.vit import ViT  # noqa: E402
-from mmssl.recipe_image import SMALL_RESNET  # noqa: E402
+from mmssl.recipe_image import RESNET_32PX  # noqa: E402
 
 METHODS = ["simclr", "moco", "byol", "simsiam", "dino", "barlow_twins", "vicreg", "swav", "nnclr", "mae", "rotation",
            "jigsaw", "supcon"]
 DATA = "shards/fashion_mnist"
 SIZE = 32  # the default input size; --image-size changes it
-WIDTHS = SMALL_RESNET["config"]["hidden_sizes"]
+WIDTHS = RESNET_32PX["config"]["hidden_sizes"]
+FOUR_STAGE_WIDTHS = [64, 128, 256, 512]  # what tables made before the setup was recorded used
+SEEDS_KEY = "random-init ResNet, seeds 1+"  # results.json: seed -> probe figures; seed 0 is the "random-init ResNet" row
 
 
 class Pixels(torch.nn.Module):
@@ -66,8 +71,9 @@ class Pixels(torch.nn.Module):
 
 
 def resnet_spec(widths: list[int]) -> dict:
-    """SMALL_RESNET with these stage widths (and a stem of half the first)."""
-    return {**SMALL_RESNET, "config": {**SMALL_RESNET["config"], "hidden_sizes": widths, "embedding_size": widths[0] // 2}}
+    """The demos' ResNet with one block per stage at these widths (and a stem of half the first)."""
+    return {**RESNET_32PX, "config": {**RESNET_32PX["config"], "hidden_sizes": widths, "depths": [1] * len(widths),
+                                       "embedding_size": widths[0] // 2}}
 
 
 def evaluate(backbone, size: int, stage: int | None = None) -> dict:
@@ -151,6 +157,18 @@ def plot(results: dict, path: Path, title: str = "Fashion-MNIST, frozen features
     fig.savefig(path, dpi=120)
 
 
+def probe(model, size: int) -> dict:
+    """kNN / linear top-1 and feature rank of a model that was not trained here (a baseline)."""
+    metrics = evaluate(model, size)
+    return {"knn_top1": metrics["knn_top1@20"], "linear_top1": metrics["linear_top1"], "feature_rank": metrics["feature_rank"]}
+
+
+def span(records: list[dict], key: str) -> str:
+    """'77.5-78.4': the lowest and highest of records[*][key], in percent."""
+    values = [100 * r[key] for r in records]
+    return f"{min(values):.1f}-{max(values):.1f}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=600)
@@ -158,8 +176,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/image_ssl_table"))
     p.add_argument("--force", action="store_true")
     p.add_argument("--image-size", type=int, default=SIZE, help="input size in pixels for training and probing")
-    p.add_argument("--widths", default=",".join(map(str, WIDTHS)), help="the ResNet's four stage widths")
-    p.add_argument("--stages", default="", help="comma-separated ResNet stages (0-4) to probe the saved encoders at; "
+    p.add_argument("--widths", default=",".join(map(str, WIDTHS)), help="the ResNet's stage widths, three or four of them")
+    p.add_argument("--random-seeds", type=int, default=4,
+                   help="evaluate the random-init ResNet at seeds 0 to N-1 and report their range (the margins stay "
+                        "against seed 0)")
+    p.add_argument("--stages", default="", help="comma-separated ResNet stages (0 = stem) to probe the saved encoders at; "
                                                 "trains nothing")
     args = p.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -170,15 +191,17 @@ def main(argv=None) -> int:
         stages = [int(x) for x in args.stages.split(",") if x.strip()]
     except ValueError:
         p.error(f"--stages takes comma-separated integers, got '{args.stages}'")
-    bad = [x for x in stages if not 0 <= x <= len(SMALL_RESNET["config"]["depths"])]
-    if bad:
-        p.error(f"stage {bad[0]} does not exist (the ResNet has stages 0 to {len(SMALL_RESNET['config']['depths'])})")
     try:
         widths = [int(x) for x in args.widths.split(",")]
     except ValueError:
         widths = []
-    if len(widths) != len(WIDTHS) or min(widths) < 2:
-        p.error(f"--widths takes {len(WIDTHS)} comma-separated widths of 2 or more, got '{args.widths}'")
+    if len(widths) not in (3, 4) or min(widths) < 2:
+        p.error(f"--widths takes 3 or 4 comma-separated widths of 2 or more, got '{args.widths}'")
+    bad = [x for x in stages if not 0 <= x <= len(widths)]
+    if bad:
+        p.error(f"stage {bad[0]} does not exist (the ResNet has stages 0 to {len(widths)})")
+    if args.random_seeds < 1:
+        p.error(f"--random-seeds must be 1 or more, got {args.random_seeds}")
     if args.image_size < 16:
         p.error(f"--image-size must be at least 16 px, got {args.image_size}")
     setup = {"image_size": args.image_size, "widths": widths}
@@ -187,8 +210,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    # A table made before the setup was recorded used the defaults.
-    made_with = results.get("setup", {"image_size": SIZE, "widths": WIDTHS}) if results else setup
+    # A table made before the setup was recorded used 32 px and the four-stage ResNet.
+    made_with = results.get("setup", {"image_size": SIZE, "widths": FOUR_STAGE_WIDTHS}) if results else setup
     if made_with != setup:
         p.error(f"{args.out} holds a table made with image size {made_with['image_size']} and widths "
                 f"{made_with['widths']}; give another --out for image size {args.image_size} and widths {widths}")
@@ -197,6 +220,7 @@ def main(argv=None) -> int:
         return probe_stages(args.out, stages, methods, args.image_size, widths)
     overrides = [] if setup == {"image_size": SIZE, "widths": WIDTHS} else [
         f"image_size={args.image_size}", f"backbone.config.hidden_sizes=[{','.join(map(str, widths))}]",
+        f"backbone.config.depths=[{','.join(['1'] * len(widths))}]",
         f"backbone.config.embedding_size={widths[0] // 2}", f"augment.local_size={args.image_size // 2}"]
     # Sizes the demo configs give as half the 32-px input stay half of the new one.
     per_method = {"mae": overrides[:1], "jigsaw": overrides + [f"jigsaw.tile_size={args.image_size // 2}"]} if overrides else {}
@@ -206,11 +230,20 @@ def main(argv=None) -> int:
         baselines["random-init ViT (MAE's)"] = ViT(image_size=args.image_size, patch_size=4, dim=192, depth=6, heads=3)
     for name, model in baselines.items():
         if name not in results or args.force:
-            metrics = evaluate(model, args.image_size)
-            results[name] = {"knn_top1": metrics["knn_top1@20"], "linear_top1": metrics["linear_top1"],
-                             "feature_rank": metrics["feature_rank"]}
+            results[name] = probe(model, args.image_size)
             results_path.write_text(json.dumps(results, indent=1))
         print(f"{name:26s} kNN {100 * results[name]['knn_top1']:5.1f}  linear {100 * results[name]['linear_top1']:5.1f}")
+    # How far random init alone moves the probes: a margin smaller than this spread is not a clear win.
+    spread = results.setdefault(SEEDS_KEY, {})
+    for seed in range(1, args.random_seeds):
+        if str(seed) not in spread or args.force:
+            torch.manual_seed(seed)
+            spread[str(seed)] = probe(build_encoder(resnet_spec(widths)), args.image_size)
+            results_path.write_text(json.dumps(results, indent=1))
+    seeds = [results["random-init ResNet"]] + [spread[str(k)] for k in range(1, args.random_seeds)]
+    if len(seeds) > 1:
+        print(f"random-init ResNet over seeds 0-{len(seeds) - 1}: kNN {span(seeds, 'knn_top1')}, "
+              f"linear {span(seeds, 'linear_top1')}")
     for m in methods:
         if m in results and results[m].get("steps") == args.steps and not args.force:
             continue
@@ -239,6 +272,9 @@ def main(argv=None) -> int:
         rank = f"{r['feature_rank']:.1f}" if r.get("feature_rank") is not None else ""
         lines.append(f"| {name} | {100 * r['knn_top1']:.1f}% | {100 * r['linear_top1']:.1f}% | {delta} | {rank} | {loss} | {std} "
                      f"| {mins} |")
+        if name == "random-init ResNet" and len(seeds) > 1:
+            lines.append(f"| random-init ResNet, seeds 0-{len(seeds) - 1} (range) | {span(seeds, 'knn_top1')}% "
+                         f"| {span(seeds, 'linear_top1')}% |  |  |  |  |  |")
     table = "\n".join(lines)
     (args.out / "table.md").write_text(table + "\n")
     plot({n: results[n] for n in list(baselines) + [m for m in METHODS if m in results]}, args.out / "table.png")
