@@ -141,8 +141,10 @@ def test_captions_table_with_empty_caption_and_missing_path(stamp_tree, tmp_path
     manifest = check_manifest_agrees(out)
     reasons = sorted(s["reason"].split(":")[0] for s in manifest["skipped"])
     assert reasons == ["empty caption", "unreadable path"]
-    assert manifest["splits"]["train"]["count"] == 6
+    # A new user gets a val split by default (10% by key hash), and the report names each split.
+    assert sum(e["count"] for e in manifest["splits"].values()) == 6 and set(manifest["splits"]) == {"train", "val"}
     assert "skipped 2 inputs" in proc.stdout and "train-{000000..000000}.tar" in proc.stdout
+    assert "val-{000000..000000}.tar" in proc.stdout
     loader = build_loader(out, [ImageField(eval_transform(24)), TextField()], 3, shuffle=False, drop_last=False)
     batch = next(iter(loader))
     assert batch["image"].shape == (3, 3, 24, 24)
@@ -155,7 +157,7 @@ def test_captions_table_with_empty_caption_and_missing_path(stamp_tree, tmp_path
 def test_videos_round_trip_keeps_audio_and_splits_clips(video_dir, tmp_path):
     out = tmp_path / "vid"
     make_shards("videos", video_dir, out, "--clip-seconds", "1", "--fps", "6", "--max-size", "64",
-                "--max-seconds", "4", "--samples-per-shard", "8")
+                "--max-seconds", "4", "--samples-per-shard", "8", "--val-fraction", "0")
     manifest = check_manifest_agrees(out)
     skipped = {Path(s["path"]).name: s["reason"] for s in manifest["skipped"]}
     assert list(skipped) == ["corrupt.mp4"] and skipped["corrupt.mp4"].startswith("corrupt video")
@@ -185,7 +187,7 @@ def test_videos_round_trip_keeps_audio_and_splits_clips(video_dir, tmp_path):
 
 def test_videos_without_normalisation_keep_mp4_bytes(video_dir, tmp_path):
     out = tmp_path / "raw"
-    make_shards("videos", video_dir / "zoom_in", out)
+    make_shards("videos", video_dir / "zoom_in", out, "--val-fraction", "0")
     original = sorted(p.read_bytes() for p in (video_dir / "zoom_in").glob("*.mp4"))
     with tarfile.open(out / "train-000000.tar") as tar:
         stored = sorted(tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".mp4"))
@@ -202,7 +204,7 @@ def test_audio_folder_and_transcripts(sounds, tmp_path):
         (src / ("dog" if i < 2 else "cat") / s.name).write_bytes(s.read_bytes())
     (src / "cat" / "broken.wav").write_bytes(b"RIFF....WAVEfmt garbage")
     out = tmp_path / "aud"
-    make_shards("audio", src, out, "--sample-rate", "8000")
+    make_shards("audio", src, out, "--sample-rate", "8000", "--val-fraction", "0")
     manifest = check_manifest_agrees(out)
     assert [Path(s["path"]).name for s in manifest["skipped"]] == ["broken.wav"]
     assert manifest["modalities"]["audio"]["sample_rate"]["values"] == [8000]
@@ -214,7 +216,7 @@ def test_audio_folder_and_transcripts(sounds, tmp_path):
     table = tmp_path / "t.jsonl"
     table.write_text("".join(json.dumps({"path": f"speech/dog/{s.name}", "transcript": "woof"}) + "\n" for s in sounds[:2]))
     out2 = tmp_path / "aud2"
-    make_shards("audio", table, out2, "--caption-col", "transcript")
+    make_shards("audio", table, out2, "--caption-col", "transcript", "--val-fraction", "0")
     loader = build_loader(out2, [AudioField(sample_rate=16000, seconds=1.0, n_mels=40), TextField()], 2,
                           shuffle=False, drop_last=False)
     batch = next(iter(loader))
@@ -248,7 +250,7 @@ def test_img2dataset_layout_is_first_class_input(image_shards, tmp_path):
         (src / f"{shard:05d}.parquet").write_bytes(b"PAR1")
     del loader
     out = tmp_path / "resharded"
-    make_shards("webdataset", src, out, "--samples-per-shard", "4")
+    make_shards("webdataset", src, out, "--samples-per-shard", "4", "--val-fraction", "0")
     manifest = check_manifest_agrees(out)
     reasons = sorted(s["reason"].split(":")[0] for s in manifest["skipped"])
     assert reasons == ["corrupt image", "empty caption"]
@@ -265,7 +267,7 @@ def test_truncated_input_shard_is_reported(image_shards, tmp_path):
     data = (image_shards / "train-000000.tar").read_bytes()
     (src / "a.tar").write_bytes(data[: len(data) // 2])
     out = tmp_path / "o"
-    make_shards("webdataset", src, out)
+    make_shards("webdataset", src, out, "--val-fraction", "0")
     manifest = check_manifest_agrees(out)
     assert any(s["reason"].startswith("truncated_tar") for s in manifest["skipped"])
     assert 0 < manifest["splits"]["train"]["count"] < 5

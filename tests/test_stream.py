@@ -232,10 +232,11 @@ def test_pipe_urls_stream_through_gopen(image_shards):
 @pytest.mark.parametrize("spec, split, message", [
     ("/no/such/shards-{000..001}.tar", "train", "shard not found: /no/such/shards-000.tar (and 1 more)"),
     ("IMAGES", "test", "has no 'test' split (it has: train, val)"),
-    ("/tmp", "train", "no manifest.json in /tmp"),
+    ("EMPTY", "train", "no manifest.json and no .tar shards in EMPTY"),
 ])
-def test_bad_data_specs_name_the_problem(image_shards, spec, split, message):
-    spec = str(image_shards) if spec == "IMAGES" else spec
+def test_bad_data_specs_name_the_problem(image_shards, tmp_path, spec, split, message):
+    spec = str(image_shards) if spec == "IMAGES" else str(tmp_path) if spec == "EMPTY" else spec
+    message = message.replace("EMPTY", str(tmp_path))
     with pytest.raises(DataSpecError) as info:
         build_loader(spec, [LabelField()], 2, split=split)
     assert message in str(info.value)

@@ -7,9 +7,16 @@
     python tools/make_shards.py audio      SRC     OUT   # folder of classes, or a table
     python tools/make_shards.py webdataset SRC     OUT   # re-shard + validate existing tars (img2dataset, ...)
 
-Unusable inputs (corrupt media, unreadable paths, empty captions) are skipped and listed in the
-manifest's `skipped`. Exit status: 0 when at least one sample was written, 1 when none was, 2 for a
-missing source or a bad option. After a crash or `kill -9`, run the same command with `--resume`.
+Unusable inputs (corrupt media, unreadable paths, empty captions, links and other non-files) are
+skipped and listed in the manifest's `skipped`. Exit status: 0 when at least one sample was written,
+1 when none was, 2 for a missing source, a bad option, or an OUT that another writer holds. After a
+crash or `kill -9`, run the same command with `--resume`: it refuses a source that changed since.
+
+A captions table may list one image on several rows (COCO, Flickr30k): each row becomes its own
+sample, keyed `<image key>_<row number>`, and every sample's json carries `image_id` (the image's
+key), so evaluation groups the captions of one image and the split keeps them together.
+By default 10% of the inputs, chosen by a hash of the key, form a `val` split (`--val-fraction 0`
+for none); `--split-dirs` takes the splits from the folders instead.
 """
 from __future__ import annotations
 
@@ -39,6 +46,9 @@ AUDIO_INPUTS = AUDIO_EXTENSIONS + ("m4a", "aac", "aiff", "aif")
 UNSAFE_MEMBERS = {"pyd", "pickle", "pkl", "pth", "pt", "joblib", "npy", "npz"}
 
 
+DEFAULT_VAL_FRACTION = 0.1
+
+
 class UsageError(Exception):
     """Bad source or option: printed as one line, exit status 2."""
 
@@ -54,7 +64,8 @@ class Item:
     label: int | None = None
     caption: str | None = None
     extra: dict = field(default_factory=dict)
-    split: str | None = None  # set by --split-dirs; otherwise chosen by key hash
+    split: str | None = None  # set by --split-dirs; otherwise chosen by a hash of `group`
+    group: str | None = None  # what the split hash reads: the image of a caption row (default: key)
 
 
 # ---- keys and splits -------------------------------------------------------------------------
@@ -62,7 +73,12 @@ def make_key(rel_path: str) -> str:
     """Stable, unique, dot-free key: a readable slug of the path plus 8 hex digits of its hash."""
     stem = rel_path.rsplit(".", 1)[0] if "." in os.path.basename(rel_path) else rel_path
     slug = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_")[-60:] or "x"
-    return f"{slug}_{hashlib.sha1(rel_path.encode()).hexdigest()[:8]}"
+    return f"{slug}_{hashlib.sha1(rel_path.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+
+
+def shown(name: str) -> str:
+    """A file name fit for json and terminals: bytes that are not UTF-8 become \\xNN escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def split_of(key: str, val_fraction: float, seed: int) -> str:
@@ -98,39 +114,58 @@ def list_folder(src: Path, exts: tuple[str, ...], kind: str, split_dirs: bool = 
         labels = splits
     items = []
     for path in sorted(src.rglob("*")):
-        if not path.is_file() or path.name.startswith(".") or ext_of(path.name) not in exts:
+        if path.name.startswith(".") or ext_of(path.name) not in exts or path.is_dir():
             continue
         rel = path.relative_to(src).as_posix()
+        if not path.is_file():  # a dangling link, a fifo, a device: listed, never opened
+            why = "dangling symlink" if path.is_symlink() and not path.exists() else "not a regular file"
+            items.append(Item(f"__bad_{len(items)}", shown(rel), "damaged", None, extra={"reason": why}))
+            continue
         parts = rel.split("/")
         split = parts.pop(0) if split_dirs and len(parts) > 1 else None
         if split_dirs and split is None:
             continue  # a file beside the split folders belongs to no split
         top = parts[0] if len(parts) > 1 else None
         label = labels.index(top) if top in labels else None
-        items.append(Item(make_key(rel), rel, kind, path, label, None, {"label": top} if top else {}, split))
+        items.append(Item(make_key(rel), shown(rel), kind, path, label, None, {"label": shown(top)} if top else {},
+                          split))
     if split_dirs and not labels:
         raise UsageError(f"--split-dirs: no class folders under the split folders of {src} "
                          f"(expected {src}/<split>/<class>/<file>)")
-    return items, labels if any(i.label is not None for i in items) else []
+    return items, [shown(n) for n in labels] if any(i.label is not None for i in items) else []
 
 
 def read_table(path: Path) -> list[dict]:
     if not path.is_file():
         raise UsageError(f"table not found: {path}")
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8-sig")
+    if suffix not in (".jsonl", ".csv", ".tsv"):
+        raise UsageError(f"table must be .csv, .tsv or .jsonl: {path}")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exn:
+        line = raw[: exn.start].count(b"\n") + 1
+        raise UsageError(f"{path}:{line}: not UTF-8 (byte 0x{raw[exn.start]:02x}); convert the table, "
+                         f"e.g. iconv -f latin1 -t utf-8 {path.name} > utf8_{path.name}") from None
     if suffix == ".jsonl":
         rows = []
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as exn:
                     raise UsageError(f"{path}:{n}: not JSON ({exn.msg})") from None
+                if not isinstance(row, dict):
+                    raise UsageError(f"{path}:{n}: each line must be a JSON object, got {type(row).__name__}")
+                rows.append(row)
         return rows
-    if suffix in (".csv", ".tsv"):
-        return list(csv.DictReader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ","))
-    raise UsageError(f"table must be .csv, .tsv or .jsonl: {path}")
+    try:
+        rows = list(csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ","))
+    except csv.Error as exn:
+        raise UsageError(f"{path}: not a readable {suffix[1:]} table ({exn})") from None
+    # A row with more cells than the header puts the rest under the key None: keep them visible.
+    return [{("_extra" if k is None else k): v for k, v in row.items()} for row in rows]
 
 
 def list_table(table: Path, path_col: str, caption_col: str | None, kinds: dict[str, str]) -> tuple[list[Item], list[str]]:
@@ -141,42 +176,62 @@ def list_table(table: Path, path_col: str, caption_col: str | None, kinds: dict[
         if col and col not in rows[0]:
             raise UsageError(f"table {table} has no column '{col}' (columns: {', '.join(rows[0])})")
     label_names = sorted({str(r["label"]) for r in rows if r.get("label") not in (None, "")})
+    rows_per_path = Counter(str(row.get(path_col) or "") for row in rows)
+    seen: Counter = Counter()
     items = []
-    for row in rows:
-        rel = str(row[path_col])
+    for n, row in enumerate(rows, 1):
+        rel = str(row.get(path_col) or "")
+        if not rel:
+            items.append(Item(f"__bad_{n}", f"{table.name}:{n}", "damaged", None, extra={"reason": "empty path"}))
+            continue
         kind = kinds.get(ext_of(rel), "unknown")
         extra = {k: v for k, v in row.items() if k not in (path_col, caption_col)}
         label = label_names.index(str(row["label"])) if row.get("label") not in (None, "") else None
         caption = None if caption_col is None else str(row.get(caption_col) or "")
-        items.append(Item(make_key(rel), rel, kind, table.parent / rel, label, caption, extra))
+        image_key = make_key(rel)
+        # Several rows of one file (captions of one image): one sample per row, grouped by image_id.
+        key = image_key if rows_per_path[rel] == 1 else f"{image_key}_{seen[rel]:03d}"
+        seen[rel] += 1
+        if caption_col is not None:
+            extra["image_id"] = image_key
+        items.append(Item(key, rel, kind, table.parent / rel, label, caption, extra, group=image_key))
     return items, label_names
 
 
 def list_shards(src: str) -> list[Item]:
     from mmssl.data.reader import read_segment
-    from mmssl.data.shards import Segment, expand_pattern
+    from mmssl.data.shards import Segment, expand_pattern, is_remote
 
     if os.path.isdir(src):
-        urls = sorted(str(p) for p in Path(src).glob("*.tar"))
+        # Names from a folder listing are file names, never commands: absolute paths can't be `pipe:`.
+        urls = sorted(os.path.abspath(p) for p in Path(src).glob("*.tar"))
     else:
-        urls = expand_pattern(src)
+        urls = expand_pattern(src)  # typed by the user: a pipe: or URL source is theirs to give
     if not urls:
         raise UsageError(f"no .tar shards in {src}")
     for u in urls:
-        if not os.path.exists(u):
+        if not is_remote(u) and not os.path.exists(u):
             raise UsageError(f"shard not found: {u}")
-    items = []
+    items: list[Item] = []
+    used: set[str] = set()
     for url in urls:
-        damaged = []
+        shard = shown(os.path.basename(url))
 
-        def on_error(reason, detail, damaged=damaged):
-            damaged.append((reason, detail))
+        def on_error(reason, detail, url=url, shard=shard):
+            member = detail[len(url) + 2:] if detail.startswith(url + ": ") else detail
+            where = shard if reason == "truncated_tar" else f"{shard}:{shown(member)}"
+            items.append(Item(f"__damaged_{len(items)}", where, "damaged", None,
+                              extra={"reason": f"{reason}: {shown(member)[-200:]}"}))
 
         for sample in read_segment(Segment(url, 0, 1 << 62), None, on_error):
-            key = re.sub(r"[^A-Za-z0-9_/-]+", "_", sample["__key__"]).replace("/", "_")
-            items.append(Item(key, f"{os.path.basename(url)}:{sample['__key__']}", "sample", sample))
-        for reason, detail in damaged:
-            items.append(Item(f"__damaged_{len(items)}", url, "damaged", None, extra={"reason": f"{reason}: {detail}"}))
+            original = sample["__key__"]
+            key = re.sub(r"[^A-Za-z0-9_-]+", "_", shown(original))
+            extra = {}
+            if key in used:  # the same key in two input tars, or two keys equal once cleaned
+                key = f"{key}_{hashlib.sha1(f'{shard}:{original}'.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+                extra["renamed_from"] = shown(original)
+            used.add(key)
+            items.append(Item(key, f"{shard}:{shown(original)}", "sample", sample, extra=extra))
     return items
 
 
@@ -188,10 +243,12 @@ class Skip(Exception):
 def encode_image_bytes(data: bytes, ext: str, opts: dict) -> tuple[bytes, str, dict]:
     from PIL import Image
 
-    from mmssl.data.image import decode_image
+    from mmssl.data.image import ImageTooLarge, decode_image
 
     try:
-        img = decode_image(data)
+        img = decode_image(data, max_pixels=opts.get("max_pixels"))
+    except ImageTooLarge as exn:
+        raise Skip(f"image too large: {exn}") from None
     except Exception as exn:  # noqa: BLE001 - Pillow raises many types for corrupt files
         detail = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exn))[:120]
         raise Skip(f"corrupt image: {detail}") from None
@@ -305,7 +362,7 @@ def encode_shard_sample(item: Item, opts: dict) -> tuple[str, dict, dict]:
     stats: dict = {}
     images = [k for k in members if k in IMAGE_EXTENSIONS]
     for k in images:
-        members[k], _, dims = encode_image_bytes(members[k], k, {})
+        members[k], _, dims = encode_image_bytes(members[k], k, {"max_pixels": opts.get("max_pixels")})
         stats["image"] = dims
     if "txt" in members:
         try:
@@ -371,12 +428,16 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--samples-per-shard", type=int, default=1000)
         sp.add_argument("--max-shard-bytes", type=int, default=None, help="start a new shard past this size")
         sp.add_argument("--workers", type=int, default=1, help="parallel encoding processes")
-        sp.add_argument("--val-fraction", type=float, default=0.0, help="share of inputs in the val split, by key hash")
+        sp.add_argument("--val-fraction", type=float, default=None,
+                        help="share of inputs in the val split, by key hash (default 0.1; 0 for none)")
         sp.add_argument("--seed", type=int, default=0, help="seed of the val split hash and of the write order")
         sp.add_argument("--keep-order", action="store_true",
                         help="write inputs in sorted path order instead of a seeded shuffle")
         sp.add_argument("--resume", action="store_true", help="finish an interrupted run into the same OUT")
-        sp.add_argument("--overwrite", action="store_true", help="delete OUT's shards and start again")
+        sp.add_argument("--overwrite", action="store_true",
+                        help="delete what make_shards wrote in OUT (nothing else) and start again")
+        sp.add_argument("--max-pixels", type=int, default=64_000_000,
+                        help="skip images with more pixels than this, read from the header before decoding")
         sp.add_argument("--no-progress", action="store_true")
         return sp
 
@@ -422,14 +483,16 @@ def check_options(args) -> None:
         raise UsageError(f"--samples-per-shard must be >= 1, got {args.samples_per_shard}")
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
-    if not 0.0 <= args.val_fraction < 1.0:
+    if args.val_fraction is not None and not 0.0 <= args.val_fraction < 1.0:
         raise UsageError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
-    for name in ("max_size", "max_seconds", "fps", "clip_seconds", "sample_rate", "max_shard_bytes"):
+    for name in ("max_size", "max_seconds", "fps", "clip_seconds", "sample_rate", "max_shard_bytes", "max_pixels"):
         v = getattr(args, name, None)
         if v is not None and v <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {v}")
-    if getattr(args, "split_dirs", False) and args.val_fraction > 0:
+    if getattr(args, "split_dirs", False) and args.val_fraction:
         raise UsageError("--split-dirs takes the splits from the folders; drop --val-fraction")
+    if args.val_fraction is None:
+        args.val_fraction = 0.0 if getattr(args, "split_dirs", False) else DEFAULT_VAL_FRACTION
     if args.resume and args.overwrite:
         raise UsageError("--resume and --overwrite exclude each other")
 
@@ -453,28 +516,98 @@ def enumerate_inputs(args) -> tuple[list[Item], list[str]]:
                        split_dirs=getattr(args, "split_dirs", False))
 
 
-def prepare_output(out: Path, args) -> None:
-    from mmssl.data.writer import JOURNAL
+def source_fingerprint(args, items: list[Item], labels: list[str]) -> dict:
+    """What --resume compares: every input's name, size and mtime, the table's bytes, the labels."""
+    h = hashlib.sha256()
+    src = Path(args.source)
+    if src.is_file():
+        h.update(hashlib.sha256(src.read_bytes()).digest())
+    for it in items:
+        st = None
+        if isinstance(it.src, Path):
+            try:
+                st = it.src.stat()
+            except OSError:
+                pass
+        h.update(f"{it.key}\0{it.path}\0{st.st_size if st else -1}\0{st.st_mtime_ns if st else -1}\n"
+                 .encode("utf-8", "surrogateescape"))
+    return {"type": "source", "fingerprint": h.hexdigest(), "inputs": len(items), "labels": labels}
 
-    out.mkdir(parents=True, exist_ok=True)
-    existing = list(out.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar")) + list(out.glob(JOURNAL))
-    if existing and not args.resume:
-        if not args.overwrite:
-            raise UsageError(f"{out} already holds shards: pass --resume to finish that run or --overwrite to start again")
-        for p in existing + [out / "manifest.json", out / "sizes.json"]:
-            p.unlink(missing_ok=True)
+
+def check_same_source(journal_source: dict | None, now: dict) -> None:
+    if journal_source is None:
+        raise UsageError("--resume: this folder's journal does not record its source; rebuild it with --overwrite")
+    if journal_source.get("fingerprint") == now["fingerprint"]:
+        return
+    was, is_ = journal_source.get("labels", []), now["labels"]
+    what = (f"labels were {was}, now {is_}" if was != is_ else
+            f"{journal_source.get('inputs')} inputs then, {now['inputs']} now" if journal_source.get("inputs") != now["inputs"]
+            else "files were changed")
+    raise UsageError(f"--resume: the source changed since this folder was started ({what}); "
+                     "rebuild it from scratch with --overwrite")
+
+
+def prepare_output(out: Path, args) -> None:
+    """Refuse to write over what is not ours; with --overwrite remove only what make_shards wrote."""
+    from mmssl.data.shards import MANIFEST, SIZES
+    from mmssl.data.writer import FORMAT, JOURNAL, written_files
+
+    ours = written_files(out)
+    ours_names = {p.name for p in ours}
+    shard_like = set(out.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar"))
+    present = [p for p in [out / MANIFEST, out / SIZES, out / JOURNAL, *sorted(shard_like)] if p.exists()]
+    foreign = [p for p in present if p.name not in ours_names and p.name not in (MANIFEST, SIZES, JOURNAL)]
+    manifest_path = out / MANIFEST
+    foreign_manifest = False
+    if manifest_path.exists():
+        try:
+            foreign_manifest = json.loads(manifest_path.read_text()).get("format") != FORMAT
+        except (ValueError, AttributeError):
+            foreign_manifest = True
+    if args.resume:
+        if foreign_manifest or foreign:
+            raise UsageError(f"--resume: {out} holds files make_shards did not write "
+                             f"({(foreign or [manifest_path])[0].name}); nothing was changed")
+        return
+    if not present:
+        return
+    if not args.overwrite:
+        raise UsageError(f"{out} already holds shards or a manifest: pass --resume to finish that run "
+                         "or --overwrite to replace what make_shards wrote there")
+    if foreign:
+        raise UsageError(f"--overwrite removes only what make_shards wrote, and {foreign[0]} is not listed in "
+                         f"{out}'s manifest or journal: move it away first")
+    for p in ours:
+        p.unlink(missing_ok=True)
 
 
 def run(args) -> int:
-    from tqdm import tqdm
-
-    from mmssl.data.writer import Journal, ShardWriter, write_manifest
+    from mmssl.lock import FolderLock, FolderLocked
 
     check_options(args)
     items, labels = enumerate_inputs(args)
     out = Path(args.out)
-    prepare_output(out, args)
+    try:
+        lock = FolderLock(out, "make_shards").acquire()
+    except FolderLocked as exn:
+        raise UsageError(str(exn)) from None
+    try:
+        prepare_output(out, args)
+        return write_all(args, items, labels, out)
+    finally:
+        lock.release()
+
+
+def write_all(args, items: list[Item], labels: list[str], out: Path) -> int:
+    from tqdm import tqdm
+
+    from mmssl.data.writer import Journal, ShardWriter, write_manifest
+
+    source = source_fingerprint(args, items, labels)
     journal = Journal(out, resume=args.resume)
+    if args.resume and (journal.shards or journal.skipped):
+        check_same_source(journal.source, source)
+    journal.set_source(source)
     done_items = {k for rec in journal.shards.values() for k in rec.get("items", [])}
     done_keys = journal.done_keys()
     todo = [it for it in items if it.key not in done_items]
@@ -483,7 +616,8 @@ def run(args) -> int:
         # mixes nearby samples: batches would hold one or two classes (few negatives from other
         # classes, skewed BatchNorm statistics). A seeded shuffle keeps runs reproducible.
         random.Random(args.seed).shuffle(todo)
-    opts = {k: getattr(args, k, None) for k in ("max_size", "format", "max_seconds", "fps", "clip_seconds", "sample_rate")}
+    opts = {k: getattr(args, k, None) for k in ("max_size", "format", "max_seconds", "fps", "clip_seconds", "sample_rate",
+                                                "max_pixels")}
     writers: dict = {}
 
     def writer_for(split: str):
@@ -504,7 +638,7 @@ def run(args) -> int:
                 journal.add_skip(item.path, reason)
                 skipped[reason.split(":")[0]] += 1
                 continue
-            writer = writer_for(item.split or split_of(item.key, args.val_fraction, args.seed))
+            writer = writer_for(item.split or split_of(item.group or item.key, args.val_fraction, args.seed))
             fresh = [s for s in samples if s[0] not in done_keys]  # --resume keeps earlier copies
             for i, (key, members, stats) in enumerate(fresh):
                 writer.write(key, members, stats, completes_item=item.key if i == len(fresh) - 1 else None)
@@ -515,9 +649,13 @@ def run(args) -> int:
         for w in writers.values():
             w.flush()
     options = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "no_progress")}
-    manifest = write_manifest(out, journal, labels, str(args.source), options)
+    renamed = sum(1 for it in items if it.extra.get("renamed_from"))
+    manifest = write_manifest(out, journal, labels, shown(str(args.source)), options,
+                              notes={"renamed_keys": renamed} if renamed else None)
     journal.close()
     report(manifest, out, written, skipped, time.time() - started, len(items) - len(todo))
+    if renamed:
+        print(f"  renamed {renamed} samples whose keys repeated across input tars or collided once cleaned")
     total = sum(s["count"] for s in manifest["splits"].values())
     return 0 if total > 0 else 1
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import warnings
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms import v2
@@ -19,14 +20,44 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def decode_image(data: bytes, draft_size: int | None = None) -> Image.Image:
-    """Bytes -> RGB PIL image. `draft_size` lets JPEG decode at a reduced scale (much faster)."""
+class ImageTooLarge(ValueError):
+    """More pixels than the budget allows; raised from the header, before the pixels are decoded."""
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer and float greyscale -> 8-bit 'L', scaled to its range, not clipped.
+
+    Pillow's convert('RGB') clips such images at 255, which turns most 16-bit photos white.
+    """
+    arr = np.asarray(img)
+    if img.mode.startswith("I;16") or (img.mode == "I" and 255 < arr.max() <= 65535):
+        out = arr.astype(np.float64) / 257.0  # 65535 -> 255
+    elif img.mode == "F" and arr.size and float(np.nanmax(arr)) <= 1.0:
+        out = np.nan_to_num(arr.astype(np.float64)) * 255.0
+    elif arr.size and arr.max() > 255:  # 32-bit data beyond 16 bits: scale by its own maximum
+        out = np.nan_to_num(arr.astype(np.float64)) * (255.0 / float(np.nanmax(arr)))
+    else:
+        out = arr.astype(np.float64)
+    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "L")
+
+
+def decode_image(data: bytes, draft_size: int | None = None, max_pixels: int | None = None) -> Image.Image:
+    """Bytes -> RGB PIL image. `draft_size` lets JPEG decode at a reduced scale (much faster);
+    `max_pixels` refuses larger images (`ImageTooLarge`) from the header alone, so memory stays
+    bounded. High-bit-depth greyscale is scaled to 8 bits."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        img = Image.open(io.BytesIO(data))
+        try:
+            img = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as exn:
+            raise ImageTooLarge(str(exn)) from None
+        if max_pixels and img.size[0] * img.size[1] > max_pixels:
+            raise ImageTooLarge(f"{img.size[0]}x{img.size[1]} pixels is over the budget of {max_pixels}")
         if draft_size and img.format == "JPEG":
             img.draft("RGB", (draft_size, draft_size))
         img.load()
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        img = _to_8bit(img)
     if img.mode in ("RGBA", "LA", "P", "PA"):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -75,6 +106,8 @@ class ImageField:
         data = member(sample, self.extensions, "image")
         try:
             img = decode_image(data, self.draft_size)
+        except ImageTooLarge as exn:
+            raise SkipSample("image_too_large", f"{sample['__key__']}: {exn}") from None
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exn:
             raise SkipSample("corrupt_image", f"{sample['__key__']}: {exn}") from None
         return {self.out_key: self.transform(img)}

@@ -3,7 +3,12 @@
 Members are grouped into samples by key (the member name up to the first dot of its basename), as
 WebDataset does. Bytes of members whose suffix nobody asked for are never read into memory.
 A shard that ends early (truncated download, disk error) yields the samples before the cut, then
-stops; the damage is reported through `on_error` and the caller moves on to the next shard.
+stops; the damage is reported through `on_error` and the caller moves on to the next shard. So does
+a member whose header declares more bytes than the shard holds: nothing is allocated for it.
+
+Local shards are opened as files, never through `webdataset.gopen`: a shard's name comes from data
+(a folder listing, a manifest) and is never read as a `pipe:` command or a URL. Only a source the
+user typed is remote (`shards.is_remote`), and only those go through `gopen`.
 """
 from __future__ import annotations
 
@@ -12,21 +17,44 @@ from collections.abc import Callable, Iterator
 
 import webdataset as wds
 
-from .shards import Segment, split_member_name
+from .shards import Segment, is_remote, split_member_name
 
 
 BLOCK = 512
+CHUNK = 16 << 20  # a member is read in pieces of at most this size, so a hostile header cannot allocate
+# Tar entry types that are not regular files: hard link, symlink, char/block device, fifo.
+NON_REGULAR = {b"1": "hardlink", b"2": "symlink", b"3": "char device", b"4": "block device", b"6": "fifo"}
 
 
 class TruncatedTar(Exception):
     """The tar ended inside a header or a member."""
 
 
+def _remaining(stream) -> int | None:
+    """Bytes left in a seekable stream, or None for pipes and sockets."""
+    try:
+        if not stream.seekable():
+            return None
+        pos = stream.tell()
+        end = stream.seek(0, 2)
+        stream.seek(pos)
+        return end - pos
+    except (AttributeError, OSError):
+        return None
+
+
 def _read_exact(stream, n: int) -> bytes:
-    data = stream.read(n)
-    if len(data) < n:
-        raise TruncatedTar(f"unexpected end of data ({len(data)} of {n} bytes)")
-    return data
+    left = _remaining(stream)
+    if left is not None and left < n:
+        raise TruncatedTar(f"a member declares {n} bytes but only {left} remain")
+    parts, got = [], 0
+    while got < n:
+        chunk = stream.read(min(n - got, CHUNK))
+        if not chunk:
+            raise TruncatedTar(f"unexpected end of data ({got} of {n} bytes)")
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
 
 
 def _skip(stream, n: int) -> None:
@@ -43,17 +71,24 @@ def _skip(stream, n: int) -> None:
 
 
 def _octal(field: bytes) -> int:
+    """A numeric header field: octal text, or GNU base-256 (first byte 0x80 or 0xff, as tarfile.nti)."""
+    if field[:1] in (b"\x80", b"\xff"):
+        value = int.from_bytes(field[1:], "big")
+        return value - 256 ** (len(field) - 1) if field[0] == 0xFF else value
     field = field.rstrip(b"\0 ").lstrip(b" ")
-    if field and field[0] & 0x80:  # GNU base-256 for very large sizes
-        return int.from_bytes(field, "big") & ~(0x80 << (8 * (len(field) - 1)))
-    return int(field or b"0", 8)
+    try:
+        return int(field or b"0", 8)
+    except ValueError:
+        raise tarfile.HeaderError(f"bad number field {field[:12]!r}") from None
 
 
-def iter_tar(stream, wanted) -> Iterator[tuple[str, bytes | None]]:
+def iter_tar(stream, wanted, on_other=None) -> Iterator[tuple[str, bytes | None]]:
     """Yield (member name, bytes or None) for the regular files of a tar stream, in order.
 
     A small reader of the ustar/GNU/pax formats, much faster per member than `tarfile`'s stream
     mode; `wanted(name)` decides whether a member's bytes are read or skipped (seeked past).
+    `on_other(name, what)` hears of members that are not regular files (links, devices, fifos);
+    directories are not samples and pass silently.
     """
     long_name = None
     pax: dict[str, str] = {}
@@ -69,7 +104,9 @@ def iter_tar(stream, wanted) -> Iterator[tuple[str, bytes | None]]:
         size = int(pax.get("size", _octal(header[124:136])))
         kind = header[156:157]
         padded = (size + BLOCK - 1) // BLOCK * BLOCK
-        if kind in (b"L", b"x", b"g"):
+        if size < 0:
+            raise tarfile.HeaderError(f"negative member size {size}")
+        if kind in (b"L", b"K", b"x", b"g"):
             data = _read_exact(stream, padded)[:size]
             if kind == b"L":
                 long_name = data.rstrip(b"\0").decode("utf-8", "replace")
@@ -83,7 +120,11 @@ def iter_tar(stream, wanted) -> Iterator[tuple[str, bytes | None]]:
                 name = header[345:500].rstrip(b"\0").decode("utf-8", "replace") + "/" + name
         long_name, pax = None, {}
         if kind not in (b"0", b"\0", b"7"):
-            _skip(stream, padded)
+            if on_other is not None and kind in NON_REGULAR:
+                on_other(name, NON_REGULAR[kind])
+            # Links, devices, fifos and directories carry no data whatever their size field says
+            # (as tarfile reads them); unknown types are skipped by their size.
+            _skip(stream, 0 if kind in NON_REGULAR or kind == b"5" else padded)
             continue
         if wanted(name):
             data = _read_exact(stream, size)
@@ -107,6 +148,13 @@ def _parse_pax(data: bytes) -> dict[str, str]:
     return out
 
 
+def open_shard(url: str):
+    """A binary stream of one shard: a local file, or `gopen` for a source the user typed as remote."""
+    if is_remote(url):
+        return wds.gopen(url, "rb")
+    return open(url, "rb")
+
+
 def read_segment(
     segment: Segment,
     extensions: set[str] | None,
@@ -115,26 +163,38 @@ def read_segment(
     """Yield samples [start, stop) of one shard as `{"__key__", "__url__", ext: bytes, ...}`.
 
     The first `start` samples are skipped without reading their bytes. `extensions=None` keeps all.
+    Members that cannot belong to a sample are reported through `on_error`, once each, by the
+    reader of the segment they fall in: `non_regular_member` (links, devices, fifos) and
+    `member_without_extension`.
     """
     index = -1
     current: dict | None = None
     state = {"index": -1, "key": None}
 
+    def position(key: str) -> int:
+        return state["index"] if key == state["key"] else state["index"] + 1
+
     def wanted(name: str) -> bool:
         key, ext = split_member_name(name)
-        idx = state["index"] if key == state["key"] else state["index"] + 1
-        return idx >= segment.start and (extensions is None or ext in extensions)
+        return position(key) >= segment.start and (extensions is None or ext in extensions)
+
+    def stray(name: str, reason: str, what: str = "") -> None:
+        if segment.start <= position(split_member_name(name)[0]) < segment.stop:
+            on_error(reason, f"{segment.url}: {name}" + (f" ({what})" if what else ""))
 
     try:
-        stream = wds.gopen(segment.url, "rb")
+        stream = open_shard(segment.url)
     except Exception as exn:  # noqa: BLE001 - any failure to open is reported, not raised
         on_error("unreadable_shard", f"{segment.url}: {exn}")
         return
     try:
-        for name, data in iter_tar(stream, wanted):
+        for name, data in iter_tar(stream, wanted, lambda n, what: stray(n, "non_regular_member", what)):
             key, ext = split_member_name(name)
-            if key.startswith("__") or "/__" in key or not ext:
-                continue  # WebDataset's __meta__ members and stray files
+            if key.startswith("__") or "/__" in key:
+                continue  # WebDataset's __meta__ members
+            if not ext:
+                stray(name, "member_without_extension")
+                continue
             if current is None or key != current["__key__"]:
                 if current is not None and index >= segment.start:
                     yield current
@@ -147,10 +207,15 @@ def read_segment(
                 current[ext] = data
         if current is not None and segment.start <= index < segment.stop:
             yield current
-    except (TruncatedTar, tarfile.TarError, EOFError, OSError, ValueError) as exn:
+    except (TruncatedTar, tarfile.TarError, EOFError, OSError, ValueError, MemoryError) as exn:
         on_error("truncated_tar", f"{segment.url}: {exn}")
         # The partial sample at the cut still goes out: the fields report the members it lacks.
         if current is not None and segment.start <= index < segment.stop:
             yield current
     finally:
         stream.close()
+
+
+def count_samples(url: str) -> int:
+    """Samples `read_segment` yields from a whole local shard, from its headers alone."""
+    return sum(1 for _ in read_segment(Segment(url, 0, 1 << 62), set(), lambda *a: None))

@@ -3,11 +3,15 @@
 A *source* is what a user names in a config (`data.train=shards/default`):
 - a directory written by `tools/make_shards.py`: its `manifest.json` gives the shards of a split
   and their sample counts;
+- a directory of tars without a manifest (img2dataset and video2dataset output): its `.tar` files,
+  counted from `sizes.json`, img2dataset's `*_stats.json` or a scan of the tar headers;
 - a brace pattern (`shards/x/train-{000000..000009}.tar`), `::`-joined patterns, or a list of paths;
 - `pipe:` commands and http(s) URLs, opened with `webdataset.gopen`.
 
 Counts come from the manifest, from a `sizes.json` beside the shards (as open_clip reads it), or,
-for local tars, from a scan of the tar headers. Streams whose counts cannot be known (pipes, http
+for local tars, from a scan of the tar headers. Where shard names carry a split word
+(`train-000000.tar`, `val_0001.tar`), a split is applied by name; a folder or pattern whose names
+carry none is one split, the one the user named. Streams whose counts cannot be known (pipes, http
 without sizes.json) need `resampled=True` and a fixed number of batches per epoch.
 
 The epoch plan (`plan_epoch`) is what makes distributed streaming exact. The shards of an epoch are
@@ -19,10 +23,11 @@ starts inside a shard skips the leading samples of that shard without decoding t
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import random
-import tarfile
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,17 +57,41 @@ class Source:
 
 
 def is_remote(url: str) -> bool:
+    """A source the user typed as a command or URL. Names read from data never reach this as such:
+    they are joined to their folder as absolute paths (see `data_name`)."""
     return url.startswith(("pipe:", "http://", "https://", "gs://", "s3://"))
+
+
+# A name from data that looks like `scheme:...` would be a URL or command to webdataset's gopen.
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+# Shard names that say which split they hold: `train-000000.tar`, `val_0003.tar`, ...
+SPLIT_WORDS = ("train", "val", "valid", "validation", "test", "dev", "eval")
+_SPLIT_NAME = re.compile(r"^(%s)[-_.]" % "|".join(SPLIT_WORDS), re.IGNORECASE)
+
+
+def data_name(folder: str | os.PathLike, name: str, where: str) -> str:
+    """The absolute path of shard `name` listed in `where` (a manifest, sizes.json) inside `folder`.
+
+    A name that leaves the folder or carries a URL scheme is refused: a file that names its
+    neighbours must not be able to name a command, a URL or someone else's file.
+    """
+    if (not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", "..")
+            or _SCHEME.match(name) or "\0" in name):
+        raise DataSpecError(f"{where} names shard {name!r}, which is not a plain file name inside {folder}")
+    return os.path.abspath(os.path.join(folder, name))
 
 
 def read_manifest(directory: str | os.PathLike) -> dict:
     path = Path(directory) / MANIFEST
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise DataSpecError(f"no {MANIFEST} in {directory} (build it with tools/make_shards.py)") from None
-    except json.JSONDecodeError as exn:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exn:
         raise DataSpecError(f"{path} is not valid JSON: {exn}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits", {}), dict):
+        raise DataSpecError(f"{path} is not an mmssl manifest (no 'splits' mapping)")
+    return manifest
 
 
 def expand_pattern(pattern: str) -> list[str]:
@@ -74,16 +103,11 @@ def expand_pattern(pattern: str) -> list[str]:
 
 
 def count_tar_samples(path: str) -> int:
-    """Number of distinct sample keys in a local tar, read from its headers only."""
-    keys = set()
-    try:
-        with tarfile.open(path, mode="r:") as tar:
-            for member in tar:
-                if member.isreg():
-                    keys.add(split_member_name(member.name)[0])
-    except (tarfile.TarError, EOFError, OSError):
-        pass  # a truncated tar counts the samples before the cut; the reader reports the damage
-    return len(keys)
+    """Number of samples the reader delivers from a local tar, read from its headers only (a
+    truncated tar counts the samples before the cut; the reader reports the damage)."""
+    from .reader import count_samples
+
+    return count_samples(path)
 
 
 def split_member_name(name: str) -> tuple[str, str]:
@@ -95,42 +119,104 @@ def split_member_name(name: str) -> tuple[str, str]:
     return name[:dot], name[dot + 1 :].lower()
 
 
-def _sizes_beside(urls: list[str]) -> list[int] | None:
+def split_of_name(url: str) -> str | None:
+    """'.../val-000003.tar' -> 'val'; None for names that say no split ('00000.tar')."""
+    m = _SPLIT_NAME.match(os.path.basename(url))
+    return m.group(1).lower() if m else None
+
+
+def select_split(urls: list[str], split: str, spec: str) -> list[str]:
+    """Apply `split` by shard name: where names carry a split word, keep that split's shards (or
+    refuse when there are none); where no name does, the shards are the split the user named."""
+    named = {u: split_of_name(u) for u in urls}
+    if not any(named.values()):
+        return urls
+    chosen = [u for u in urls if named[u] == split.lower()]
+    if not chosen:
+        have = ", ".join(sorted({s for s in named.values() if s}))
+        raise DataSpecError(f"{spec} has no '{split}' shards by name (its shards are: {have})")
+    return chosen
+
+
+def _counts_beside(urls: list[str]) -> list[int] | None:
+    """Per-shard counts from `sizes.json` (open_clip's) or img2dataset's `NNNNN_stats.json`."""
     folders = {os.path.dirname(u) for u in urls}
-    if len(folders) != 1:
+    if len(folders) != 1 or is_remote(urls[0]):
         return None
-    sizes_path = Path(folders.pop() or ".") / SIZES
-    if is_remote(urls[0]) or not sizes_path.exists():
-        return None
-    sizes = json.loads(sizes_path.read_text())
+    folder = Path(folders.pop() or ".")
     names = [os.path.basename(u) for u in urls]
-    if not all(n in sizes for n in names):
-        return None
-    return [int(sizes[n]) for n in names]
+    sizes_path = folder / SIZES
+    if sizes_path.exists():
+        try:
+            sizes = json.loads(sizes_path.read_text())
+            if isinstance(sizes, dict) and all(isinstance(sizes.get(n), int) for n in names):
+                return [int(sizes[n]) for n in names]
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            pass
+    counts = []
+    for n in names:
+        stats = folder / (n[: -len(".tar")] + "_stats.json") if n.endswith(".tar") else None
+        try:
+            value = json.loads(stats.read_text()).get("successes") if stats and stats.exists() else None
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            value = None
+        if not isinstance(value, int):
+            return None
+        counts.append(value)
+    return counts
+
+
+def _local_counts(urls: list[str]) -> list[int] | None:
+    counts = _counts_beside(urls)
+    if counts is None and not any(is_remote(u) for u in urls):
+        counts = [count_tar_samples(u) for u in urls]
+    return counts
+
+
+def _manifest_source(spec: str, split: str, weight: float) -> Source:
+    manifest = read_manifest(spec)
+    splits = manifest.get("splits", {})
+    if split not in splits:
+        raise DataSpecError(f"{spec} has no '{split}' split (it has: {', '.join(sorted(splits)) or 'none'})")
+    shards = splits[split].get("shards") or []
+    if not shards:
+        raise DataSpecError(f"{spec}: split '{split}' has no shards")
+    where = f"{Path(spec) / MANIFEST}"
+    try:
+        urls = [data_name(spec, s["name"], where) for s in shards]
+        counts = [int(s["count"]) for s in shards]
+    except (KeyError, TypeError, ValueError) as exn:
+        if isinstance(exn, DataSpecError):
+            raise
+        raise DataSpecError(f"{where}: a shard entry lacks a name or a count ({exn})") from None
+    missing = [u for u in urls if not os.path.exists(u)]
+    if missing:
+        raise DataSpecError(f"{where} lists {os.path.basename(missing[0])}, which is not in {spec}")
+    return Source(urls=urls, counts=counts, weight=weight, name=f"{spec}:{split}",
+                  labels=list(manifest.get("labels", [])))
 
 
 def resolve_source(spec, split: str = "train", weight: float = 1.0) -> Source:
-    """Turn one user spec (directory, pattern, list of paths, pipe:/http URL) into a `Source`."""
+    """Turn one user spec (directory, pattern, list of paths, pipe:/http URL) into a `Source`.
+
+    A directory with a `manifest.json` (make_shards) gives the split's shards and counts. A
+    directory without one (img2dataset, video2dataset, any folder of tars) gives its `.tar` files,
+    filtered by `split` when their names carry split words. Patterns and lists are what the user
+    typed, filtered by name the same way.
+    """
     if isinstance(spec, (list, tuple)):
         urls = [str(u) for u in spec]
         name = f"{len(urls)} urls"
     else:
         spec = str(spec)
         if not is_remote(spec) and os.path.isdir(spec):
-            manifest = read_manifest(spec)
-            splits = manifest.get("splits", {})
-            if split not in splits:
-                raise DataSpecError(f"{spec} has no '{split}' split (it has: {', '.join(sorted(splits)) or 'none'})")
-            shards = splits[split]["shards"]
-            if not shards:
-                raise DataSpecError(f"{spec}: split '{split}' has no shards")
-            return Source(
-                urls=[str(Path(spec) / s["name"]) for s in shards],
-                counts=[int(s["count"]) for s in shards],
-                weight=weight,
-                name=f"{spec}:{split}",
-                labels=list(manifest.get("labels", [])),
-            )
+            if (Path(spec) / MANIFEST).exists():
+                return _manifest_source(spec, split, weight)
+            urls = sorted(os.path.abspath(p) for p in glob.glob(os.path.join(glob.escape(spec), "*.tar")))
+            if not urls:
+                raise DataSpecError(f"no {MANIFEST} and no .tar shards in {spec} (build it with tools/make_shards.py)")
+            urls = select_split(urls, split, spec)
+            return Source(urls=urls, counts=_local_counts(urls), weight=weight, name=f"{spec}:{split}")
         if not is_remote(spec) and "{" not in spec and "::" not in spec and not os.path.exists(spec):
             raise DataSpecError(f"data path not found: {spec} (give a make_shards.py folder, a .tar, or a brace pattern)")
         urls = expand_pattern(spec)
@@ -142,10 +228,8 @@ def resolve_source(spec, split: str = "train", weight: float = 1.0) -> Source:
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise DataSpecError(f"shard not found: {missing[0]}{more}")
-    counts = _sizes_beside(urls)
-    if counts is None and len(local) == len(urls):
-        counts = [count_tar_samples(u) for u in urls]
-    return Source(urls=urls, counts=counts, weight=weight, name=name)
+    urls = select_split(urls, split, name)
+    return Source(urls=urls, counts=_local_counts(urls), weight=weight, name=name)
 
 
 def resolve_sources(spec, split: str = "train") -> list[Source]:

@@ -103,6 +103,7 @@ class Journal:
         self.path = self.out_dir / JOURNAL
         self.shards: dict[str, dict] = {}
         self.skipped: dict[str, str] = {}
+        self.source: dict | None = None  # what the run was built from (make_shards' fingerprint)
         if resume:
             self._load()
         else:
@@ -122,6 +123,8 @@ class Journal:
                     self.shards[rec["name"]] = rec
                 elif rec.get("type") == "skip":
                     self.skipped[rec["path"]] = rec["reason"]
+                elif rec.get("type") == "source":
+                    self.source = rec
         # Shards renamed into place whose journal line was never written (killed in between).
         for tar_path in sorted(self.out_dir.glob("*-[0-9][0-9][0-9][0-9][0-9][0-9].tar")):
             if tar_path.name not in self.shards:
@@ -150,6 +153,13 @@ class Journal:
         self._file.write(json.dumps(rec) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
+
+    def set_source(self, source: dict) -> None:
+        """Record what this folder is built from, once, so that --resume can refuse another source."""
+        if self.source is None:
+            self.source = source
+            self._file.write(json.dumps(source) + "\n")
+            self._file.flush()
 
     def add_skip(self, path: str, reason: str) -> None:
         if path in self.skipped:
@@ -197,7 +207,35 @@ def modality_stats(stats: list[dict]) -> dict:
     return out
 
 
-def write_manifest(out_dir: Path, journal: Journal, labels: list[str], source: str, options: dict) -> dict:
+def written_files(out_dir: Path) -> list[Path]:
+    """Every file in `out_dir` that make_shards wrote there: the shards its journal or its own
+    manifest lists, the manifest, sizes.json, the journal and unfinished `.tmp` shards."""
+    out_dir = Path(out_dir)
+    names: set[str] = set()
+    journal = out_dir / JOURNAL
+    if journal.exists():
+        names.add(JOURNAL)
+        for line in journal.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and rec.get("type") == "shard" and isinstance(rec.get("name"), str):
+                names.add(rec["name"])
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        manifest = None
+    if isinstance(manifest, dict) and manifest.get("format") == FORMAT:
+        names.update({MANIFEST, SIZES})
+        for entry in (manifest.get("splits") or {}).values():
+            names.update(s["name"] for s in entry.get("shards", []) if isinstance(s.get("name"), str))
+    files = [out_dir / n for n in sorted(names) if "/" not in n and n not in (".", "..")]
+    return [p for p in files if p.is_file()] + sorted(out_dir.glob(".*.tar.tmp"))
+
+
+def write_manifest(out_dir: Path, journal: Journal, labels: list[str], source: str, options: dict,
+                   notes: dict | None = None) -> dict:
     """Write manifest.json and sizes.json from the journal (atomically), and return the manifest."""
     splits: dict[str, dict] = {}
     all_stats: list[dict] = []
@@ -222,6 +260,7 @@ def write_manifest(out_dir: Path, journal: Journal, labels: list[str], source: s
         "labels": labels,
         "skipped": skipped,
         "skipped_by_reason": dict(Counter(r.split(":")[0] for r in journal.skipped.values())),
+        **({"notes": notes} if notes else {}),
     }
     sizes = {s["name"]: s["count"] for e in splits.values() for s in e["shards"]}
     for name, obj in ((MANIFEST, manifest), (SIZES, sizes)):
