@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmssl.data import (AudioField, DataSpecError, ImageField, LabelField, TextField, VideoField,  # noqa: E402
                         build_loader, eval_transform, read_manifest)
 from mmssl.data.image import tensor_to_pil as to_pil  # noqa: E402
+from mmssl.data.shards import MANIFEST  # noqa: E402
 
 FIELDS = {
     "image": lambda a: ImageField(eval_transform(a.size)),
@@ -69,7 +70,7 @@ def preview(batch: dict, path: Path, size: int, label_names: list[str], rows: in
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("shards", help="a folder written by tools/make_shards.py")
+    p.add_argument("shards", help="a folder written by tools/make_shards.py, or any folder of tars (img2dataset)")
     p.add_argument("--fields", default="image,text,label", help=f"comma-separated, from {', '.join(FIELDS)}")
     p.add_argument("--split", default="train")
     p.add_argument("--batch-size", type=int, default=16)
@@ -83,15 +84,20 @@ def main(argv=None) -> int:
         print(f"inspect_shards: error: unknown field '{unknown[0]}' (choose from {', '.join(FIELDS)})", file=sys.stderr)
         return 2
     try:
-        manifest = read_manifest(args.shards)
         loader = build_loader(args.shards, [FIELDS[f](args) for f in names], args.batch_size, split=args.split,
                               num_workers=args.workers, drop_last=False)
+        manifest = read_manifest(args.shards) if (Path(args.shards) / MANIFEST).exists() else None
     except DataSpecError as exn:
         print(f"inspect_shards: error: {exn}", file=sys.stderr)
         return 2
-    splits = ", ".join(f"{s}: {e['count']} samples in {len(e['shards'])} shards" for s, e in manifest["splits"].items())
-    print(f"{args.shards}: {splits}; modalities: {', '.join(manifest['modalities'])}; "
-          f"{len(manifest['labels'])} labels; {len(manifest['skipped'])} inputs skipped when built")
+    if manifest is not None:
+        splits = ", ".join(f"{s}: {e['count']} samples in {len(e['shards'])} shards" for s, e in manifest["splits"].items())
+        print(f"{args.shards}: {splits}; modalities: {', '.join(manifest['modalities'])}; "
+              f"{len(manifest['labels'])} labels; {len(manifest['skipped'])} inputs skipped when built")
+    else:  # img2dataset, video2dataset or any folder of tars: counts from their stats or the headers
+        src = loader.stream.sources[0]
+        print(f"{args.shards} (no manifest.json): {src.total} samples in {len(src.urls)} shards")
+        manifest = {}
     started, first = time.perf_counter(), None
     n_batches = n_samples = 0
     for batch in loader:

@@ -643,11 +643,16 @@ def write_all(args, items: list[Item], labels: list[str], out: Path) -> int:
             for i, (key, members, stats) in enumerate(fresh):
                 writer.write(key, members, stats, completes_item=item.key if i == len(fresh) - 1 else None)
                 written += 1
+    except BaseException:
+        for w in writers.values():
+            w.abort()  # a shard cut short is never renamed into place; --resume redoes its inputs
+        raise
+    else:
+        for w in writers.values():
+            w.flush()
     finally:
         if pool:
             pool.terminate()
-        for w in writers.values():
-            w.flush()
     options = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite", "no_progress")}
     renamed = sum(1 for it in items if it.extra.get("renamed_from"))
     manifest = write_manifest(out, journal, labels, shown(str(args.source)), options,
@@ -676,12 +681,20 @@ def report(manifest: dict, out: Path, written: int, skipped: Counter, seconds: f
 
 
 def main(argv=None) -> int:
+    import errno
+
     args = build_parser().parse_args(argv)
     try:
         return run(args)
     except UsageError as exn:
         print(f"make_shards: error: {exn}", file=sys.stderr)
         return 2
+    except OSError as exn:
+        if exn.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        print(f"make_shards: error: {os.strerror(exn.errno).lower()} while writing {args.out}: the finished shards "
+              "are kept; free some space and run the same command with --resume", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -80,6 +80,18 @@ class ShardWriter:
         if len(self._keys) >= self.samples_per_shard:
             self.flush()
 
+    def abort(self) -> None:
+        """Drop the open shard (after an error): its temporary file goes, nothing is renamed."""
+        if self._tar is None:
+            return
+        for close in (self._tar.close, self._file.close):
+            try:
+                close()
+            except OSError:
+                pass  # the disk that failed the write may fail the close too
+        self._tmp.unlink(missing_ok=True)
+        self._tar, self._keys, self._stats, self._items, self._bytes = None, [], [], [], 0
+
     def flush(self) -> None:
         """Finish the open shard: close, fsync, rename to its final name, journal it."""
         if self._tar is None:
