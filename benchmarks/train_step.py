@@ -76,6 +76,7 @@ def plain_loop(steps: int, batch: dict) -> list[float]:
 
 
 def our_loop(steps: int, batch: dict) -> list[float]:
+    from mmssl.config import plain as plain_defaults
     from mmssl.train import TRAIN_DEFAULTS, fit, start
 
     times = []
@@ -87,7 +88,7 @@ def our_loop(steps: int, batch: dict) -> list[float]:
     torch.manual_seed(0)
     model = Timed(build_encoder({"name": "resnet18"}), build_encoder({"name": MINILM, "modality": "text", "freeze": True}))
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = {**TRAIN_DEFAULTS, "output_dir": tmp, "max_steps": steps, "grad_clip": 0.0, "save_every": 0,
+        cfg = {**plain_defaults(TRAIN_DEFAULTS), "output_dir": tmp, "max_steps": steps, "grad_clip": 0.0, "save_every": 0,
                "tensorboard": False, "log_every": 10, "lr": 1e-3, "warmup_steps": 0}
         acc = start(cfg)
         t0 = time.perf_counter()

@@ -9,6 +9,8 @@ load without unpickling arbitrary objects:
 
 A checkpoint is written to `.step_XXXXXXX.tmp/` and renamed when every rank has finished, so a
 kill at any moment leaves the previous checkpoints intact and no partial one under a final name.
+Before the rename, `files.json` records every file's size and sha256; `resume=true` checks them and
+falls back to the newest intact checkpoint when a disk or a copy damaged the newest one.
 """
 from __future__ import annotations
 
@@ -24,18 +26,62 @@ import torch
 from . import dist
 
 STEP_DIR = re.compile(r"^step_(\d{7})$")
+FILES = "files.json"
+
+
+class CheckpointError(ValueError):
+    """No checkpoint in the run folder can be resumed from; the message says why."""
 
 
 def step_dir(root: Path, step: int) -> Path:
     return root / f"step_{step:07d}"
 
 
-def latest(root: Path) -> Path | None:
-    """The newest complete checkpoint under `root`, or None."""
+def _file_table(folder: Path) -> dict:
+    from .data.writer import sha256_file
+
+    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != FILES}
+
+
+def damage(folder: Path) -> str | None:
+    """Why checkpoint `folder` cannot be trusted (a missing, truncated or changed file), or None."""
+    try:
+        table = json.loads((folder / FILES).read_text())
+    except FileNotFoundError:
+        return f"no {FILES} (an empty or unfinished folder, or written by an older mmssl)"
+    except ValueError:
+        return f"{FILES} is not valid JSON"
+    for name, want in table.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != want["size"]:
+            return f"{name} has {path.stat().st_size} bytes, not {want['size']}"
+    for name, want in table.items():  # sizes first: cheap, and they catch truncation
+        from .data.writer import sha256_file
+
+        if sha256_file(folder / name) != want["sha256"]:
+            return f"{name} does not match its sha256"
+    return None
+
+
+def latest_intact(root: Path, say=print) -> Path | None:
+    """The newest checkpoint under `root` whose files match `files.json`; each damaged newer one is
+    named in one line. None when there is none at all; CheckpointError when none is intact."""
     if not root.is_dir():
         return None
-    found = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir())
-    return found[-1][1] if found else None
+    found = sorted(((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()),
+                   reverse=True)
+    for _, path in found:
+        why = damage(path)
+        if why is None:
+            return path
+        say(f"checkpoint {path} is damaged ({why}); trying the one before")
+    if found:
+        raise CheckpointError(f"no intact checkpoint in {root} to resume from (the newest, {found[0][1].name}: "
+                              f"{damage(found[0][1])}); start again with overwrite=true")
+    return None
 
 
 def _rng_state() -> tuple[dict, dict]:
@@ -79,6 +125,7 @@ def save(accelerator, root: Path, step: int, scheduler, loader, keep: int) -> Pa
         (tmp / "trainer.json").write_text(json.dumps({"step": step, "scheduler": scheduler.state_dict()}))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        (tmp / FILES).write_text(json.dumps(_file_table(tmp), indent=1))
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

@@ -16,18 +16,23 @@ def last_line(exn: BaseException) -> str:
 
 def run_main(main, argv=None) -> None:
     """Call `main(argv)`; turn known user errors into one line on stderr (rank 0) and an exit code."""
+    from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data.shards import DataSpecError
     from .models.encoders import EncoderSpecError
-    from .train import TrainingDiverged
+    from .train import RunInterrupted, TrainingDiverged
 
     prog = Path(sys.argv[0]).name
     try:
         code = main(argv)
-    except (ConfigError, DataSpecError, EncoderSpecError) as exn:
+    except (ConfigError, DataSpecError, EncoderSpecError, CheckpointError) as exn:
         if dist.rank() == 0:
             print(f"{prog}: error: {last_line(exn)}", file=sys.stderr)
         sys.exit(2)
+    except RunInterrupted as exn:
+        if dist.rank() == 0:
+            print(f"{prog}: stopped: {exn}", file=sys.stderr)
+        sys.exit(exn.code)
     except TrainingDiverged as exn:
         if dist.rank() == 0:
             print(f"{prog}: error: {exn}", file=sys.stderr)

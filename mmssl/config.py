@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import difflib
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -21,6 +22,129 @@ import yaml
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key, written once: its default, a one-line help, and what its value may be.
+
+    `choices` lists the allowed values (for a list default: the allowed values of each element);
+    `min` is an inclusive and `above` an exclusive lower bound. A defaults dict holds a `Key`
+    wherever it has more to say than a bare default; `merge` checks every one of them.
+    """
+
+    default: object
+    help: str = ""
+    choices: tuple = ()
+    min: float | None = None
+    above: float | None = None
+
+
+class Config(dict):
+    """A merged config (a plain dict) that remembers which dotted keys the user set."""
+
+    explicit: frozenset = frozenset()
+
+
+def constructor_keys(cls, **defaults) -> dict[str, Key]:
+    """The config keys of an objective, read from its constructor: every argument with a default
+    becomes a `Key` (`defaults` replaces some of those defaults); a `Literal[...]` annotation gives
+    the allowed values, and an `Args:` block in the class docstring (`name: help`) the help."""
+    import inspect
+    import re
+    import typing
+
+    hints = typing.get_type_hints(cls.__init__)
+    helps = dict(re.findall(r"^\s+(\w+):\s+(.+)$", (cls.__doc__ or "").split("Args:", 1)[1], re.M)) \
+        if "Args:" in (cls.__doc__ or "") else {}
+    out = {}
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if param.default is inspect.Parameter.empty:
+            continue  # modules (encoders) and self: built by the recipe, not configured
+        hint = hints.get(name)
+        choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
+        out[name] = Key(defaults.pop(name, param.default), helps.get(name, f"see {cls.__module__}.{cls.__name__}"),
+                        choices)
+    if defaults:
+        raise TypeError(f"{cls.__name__} has no argument '{next(iter(defaults))}'")
+    return out
+
+
+def set_defaults(base: dict, new: dict) -> dict:
+    """`base` with the defaults in `new` (a recipe's own values over the shared keys): a key that
+    `base` describes with a `Key` keeps its help and checks, with the new default."""
+    out = dict(base)
+    for k, v in new.items():
+        old = base.get(k)
+        if isinstance(old, Key) and not isinstance(v, Key):
+            out[k] = replace(old, default=v)
+        elif isinstance(old, dict) and isinstance(v, dict) and old and not isinstance(v, Key):
+            out[k] = set_defaults(old, v)
+        else:
+            out[k] = v
+    return out
+
+
+def plain(defaults):
+    """The defaults with every `Key` replaced by its default value (a fresh copy)."""
+    if isinstance(defaults, Key):
+        return copy.deepcopy(defaults.default)
+    if isinstance(defaults, dict):
+        return {k: plain(v) for k, v in defaults.items()}
+    return copy.deepcopy(defaults)
+
+
+def keys_of(defaults: dict, prefix: str = "") -> dict[str, Key]:
+    """{dotted key: Key} for every key of `defaults` (bare defaults become a Key without help)."""
+    out = {}
+    for k, v in defaults.items():
+        dotted = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(keys_of(v, dotted + "."))
+        else:
+            out[dotted] = v if isinstance(v, Key) else Key(v)
+    return out
+
+
+def check_values(cfg: dict, defaults: dict) -> None:
+    """Every value against its Key's allowed values and bounds: one line naming the key."""
+    for dotted, key in keys_of(defaults).items():
+        try:
+            value = get(cfg, dotted)
+        except (KeyError, TypeError):
+            continue
+        if key.choices:
+            values = value if isinstance(value, list) else [value]
+            bad = [v for v in values if v not in key.choices]
+            if bad:
+                raise ConfigError(f"config field '{dotted}' must be one of {', '.join(map(str, key.choices))}; "
+                                  f"got {bad[0]!r}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if key.min is not None and value < key.min:
+                raise ConfigError(f"config field '{dotted}' must be >= {key.min}, got {value}")
+            if key.above is not None and value <= key.above:
+                raise ConfigError(f"config field '{dotted}' must be > {key.above}, got {value}")
+
+
+def help_text(defaults: dict, title: str = "") -> str:
+    """Every key with its default, its type or allowed values, and its help line."""
+    rows = []
+    for dotted, key in keys_of(defaults).items():
+        default = yaml.safe_dump(key.default, default_flow_style=True, width=1 << 20).strip()
+        default = default[:-4] if default.endswith("\n...") else default.removesuffix("...").strip()
+        kind = "|".join(map(str, key.choices)) if key.choices else type(key.default).__name__
+        if key.min is not None:
+            kind += f" >= {key.min}"
+        if key.above is not None:
+            kind += f" > {key.above}"
+        rows.append((dotted, default, kind, key.help))
+    width = max(len(r[0]) for r in rows)
+    lines = [title] if title else []
+    lines.append("usage: [--config FILE] [key=value ...]   (values are YAML: lr=3e-4 resume=true eval_tasks=[knn])")
+    lines.append("")
+    for dotted, default, kind, text in rows:
+        lines.append(f"  {dotted:<{width}}  {default}  ({kind})" + (f"  {text}" if text else ""))
+    return "\n".join(lines)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -83,12 +207,17 @@ def _set(cfg: dict, dotted: str, value, defaults_flat: dict) -> None:
     node[parts[-1]] = value
 
 
-def merge(defaults: dict, file_values: dict | None = None, overrides: list[str] | None = None) -> dict:
-    """Defaults <- YAML values <- `key=value` overrides, each checked against the defaults."""
-    cfg = copy.deepcopy(defaults)
+def merge(defaults: dict, file_values: dict | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML values <- `key=value` overrides, each checked against the defaults (their
+    type, and where a `Key` says so, their allowed values and bounds)."""
+    schema = defaults
+    defaults = plain(defaults)
+    cfg = Config(copy.deepcopy(defaults))
     flat_defaults = _flatten(defaults)
+    explicit = set()
     for key, value in _flatten(file_values or {}).items():
         _set(cfg, key, value, flat_defaults)
+        explicit.add(key)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
@@ -98,6 +227,9 @@ def merge(defaults: dict, file_values: dict | None = None, overrides: list[str] 
         except yaml.YAMLError:
             value = raw
         _set(cfg, key.strip(), value, flat_defaults)
+        explicit.add(key.strip())
+    check_values(cfg, schema)
+    cfg.explicit = frozenset(explicit)
     return cfg
 
 
@@ -114,9 +246,12 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
-def from_cli(defaults: dict, argv: list[str] | None = None) -> dict:
-    """`[--config FILE] [key=value ...]` -> checked config."""
+def from_cli(defaults: dict, argv: list[str] | None = None, title: str = "") -> Config:
+    """`[--config FILE] [key=value ...]` -> checked config; `--help` prints every key and exits 0."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in argv or "-h" in argv:
+        print(help_text(defaults, title))
+        raise SystemExit(0)
     file_values = None
     if "--config" in argv:
         i = argv.index("--config")
@@ -138,4 +273,4 @@ def get(cfg: dict, dotted: str):
 
 
 def to_yaml(cfg: dict) -> str:
-    return yaml.safe_dump(cfg, sort_keys=False)
+    return yaml.safe_dump(dict(cfg), sort_keys=False)

@@ -8,11 +8,14 @@ alone to `encoder/` (a transformers backbone loads with `AutoModel.from_pretrain
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from .data import ImageField, LabelField, MultiCrop, TwoViews, build_loader, ssl_augment, train_transform
 from .eval.backbone_model import BackboneEval
 from .eval.tasks import run_tasks
+from .models.encoders import save_image_processor
+from .config import Key, set_defaults
 from .train import TRAIN_DEFAULTS, fit, start
 
 # A small ResNet (transformers' ResNet, one basic block per stage) for CPU runs; the GPU configs
@@ -29,19 +32,23 @@ SMALL_RESNET = {"name": "resnet", "modality": "image", "pretrained": False, "fre
 RESNET_32PX = {**SMALL_RESNET,
                "config": {**SMALL_RESNET["config"], "depths": [1, 1, 1], "hidden_sizes": [64, 128, 256]}}
 
-IMAGE_SSL_DEFAULTS = {
-    **TRAIN_DEFAULTS,
-    "data": {"train": "shards/fashion_mnist", "val": "shards/fashion_mnist", "shuffle_buffer": 1000},
-    "image_size": 32,
-    "backbone": RESNET_32PX,
-    # Views: crop scale, colour-jitter strength, blur and solarize probabilities (BYOL's asymmetric
-    # pair uses two values).
-    "augment": {"scale_min": 0.2, "color": 1.0, "blur": 0.0, "solarize": 0.0, "local_size": 16, "n_local": 4,
-                "local_scale_max": 0.4},
-    "eval_tasks": ["knn", "linear"],
-    "eval_split": "val",
-    "eval_train_split": "train",
-}
+IMAGE_SSL_DEFAULTS = set_defaults(TRAIN_DEFAULTS, {
+    "data": {"train": "shards/fashion_mnist", "val": "shards/fashion_mnist"},
+    "image_size": Key(32, "side of the square crops the backbone sees", min=8),
+    # The backbone spec is free-form (a torchvision name, a Hub id, a folder or a transformers config).
+    "backbone": Key(RESNET_32PX, "backbone spec (mmssl.models.encoders.build_encoder)"),
+    "augment": {"scale_min": Key(0.2, "smallest crop, as a share of the image area", above=0),
+                "color": Key(1.0, "colour-jitter strength (0 disables)", min=0),
+                "blur": Key(0.0, "probability of Gaussian blur", min=0),
+                "solarize": Key(0.0, "probability of solarization", min=0),
+                "local_size": Key(16, "side of multi-crop local views (DINO, SwAV)", min=1),
+                "n_local": Key(4, "local views per image (DINO, SwAV)", min=0),
+                "local_scale_max": Key(0.4, "largest local crop, as a share of the image area", above=0)},
+    "eval_tasks": Key(["knn", "linear"], "evaluations of the frozen backbone (those needing labels run only "
+                      "where the data has labels)", choices=("knn", "linear")),
+    "eval_split": Key("val", "held-out split of data.val that is scored"),
+    "eval_train_split": Key("train", "split of data.val the kNN bank and the linear probe train on"),
+})
 
 
 def two_views(cfg: dict) -> list:
@@ -75,20 +82,24 @@ def run_image_recipe(argv, defaults: dict, fields, build_objective, extra_eval=N
     """fields(cfg) -> [Field]; build_objective(cfg) -> objective with `.backbone`;
     extra_eval(objective, step, cfg) -> dict adds to each evaluation (MAE's reconstructions)."""
     from .config import from_cli
+    from .preflight import check_training_data, plan_eval
 
-    cfg = from_cli(defaults, argv)
+    cfg = from_cli(defaults, argv, title=f"{Path(sys.argv[0]).name}: every config key")
+    check_training_data(cfg)
+    tasks = plan_eval(cfg, (cfg["eval_split"], cfg["eval_train_split"]))
+    objective = build_objective(cfg)
     accelerator = start(cfg)
     loader = build_loader(cfg["data"]["train"], fields(cfg), cfg["batch_size"], num_workers=cfg["num_workers"],
                           seed=cfg["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"])
-    objective = build_objective(cfg)
     evaluate = None
-    if cfg["data"]["val"]:
+    if cfg["data"]["val"] and (tasks or extra_eval):
         def evaluate(model, step):
-            out = run_tasks(BackboneEval(model.backbone), cfg["eval_tasks"], cfg["data"]["val"], cfg["eval_split"],
+            out = run_tasks(BackboneEval(model.backbone), tasks, cfg["data"]["val"], cfg["eval_split"],
                             cfg["image_size"], batch_size=256, workers=0, train_split=cfg["eval_train_split"])
             return {**out, **(extra_eval(model, step, cfg) if extra_eval else {})}
 
     fit(accelerator, cfg, objective, loader, evaluate)
     if accelerator.is_main_process:
         objective.backbone.save_pretrained(Path(cfg["output_dir"]) / "encoder")
+        save_image_processor(Path(cfg["output_dir"]) / "encoder", cfg["image_size"])
     return 0

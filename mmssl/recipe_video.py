@@ -9,20 +9,25 @@ centre clips of `eval_split` by kNN and a linear probe on the objective's frozen
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+from .config import Key, set_defaults
 from .data import VideoField, build_loader
 from .eval.video_tasks import video_probes
 from .train import TRAIN_DEFAULTS, fit, start
 
-VIDEO_DEFAULTS = {
-    **TRAIN_DEFAULTS,
+VIDEO_DEFAULTS = set_defaults(TRAIN_DEFAULTS, {
     "data": {"train": "shards/motion", "val": "shards/motion", "shuffle_buffer": 500},
-    "num_frames": 16,
-    "stride": 1,
-    "image_size": 96,
-    "min_frames": 2,  # fewer decodable frames: skipped as short_video
-    "eval_split": "test",
-    "eval_train_split": "train",
-}
+    "num_frames": Key(16, "frames per clip", min=1),
+    "stride": Key(1, "frames between the frames of a clip", min=1),
+    "image_size": Key(96, "side of the square crops", min=8),
+    "min_frames": Key(2, "clips with fewer decodable frames are skipped (short_video)", min=1),
+    "eval_tasks": Key(["knn", "linear"], "probes of the frozen clip features (run only where the data has labels)",
+                      choices=("knn", "linear")),
+    "eval_split": Key("val", "held-out split of data.val that is scored"),
+    "eval_train_split": Key("train", "split of data.val the kNN bank and the linear probe train on"),
+})
 
 
 def run_video_recipe(argv, defaults: dict, build_objective, extra_eval=None, save=None) -> int:
@@ -30,19 +35,25 @@ def run_video_recipe(argv, defaults: dict, build_objective, extra_eval=None, sav
     extra_eval(objective, step, cfg) -> dict adds to each evaluation; save(objective, cfg) writes the
     trained model (on the main process, after training)."""
     from .config import from_cli
+    from .preflight import check_training_data, plan_eval
 
-    cfg = from_cli(defaults, argv)
+    cfg = from_cli(defaults, argv, title=f"{Path(sys.argv[0]).name}: every config key")
+    check_training_data(cfg)
+    tasks = plan_eval(cfg, (cfg["eval_split"], cfg["eval_train_split"]))
+    objective = build_objective(cfg)
     accelerator = start(cfg)
     field = VideoField(cfg["num_frames"], cfg["stride"], cfg["image_size"], train=True, min_frames=cfg["min_frames"])
     loader = build_loader(cfg["data"]["train"], [field], cfg["batch_size"], num_workers=cfg["num_workers"],
                           seed=cfg["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"])
-    objective = build_objective(cfg)
     evaluate = None
-    if cfg["data"]["val"]:
+    if cfg["data"]["val"] and (tasks or extra_eval):
         def evaluate(model, step):
             device = next(model.parameters()).device
-            out = video_probes(lambda v: model.video_features(v.to(device)), cfg["data"]["val"], cfg["eval_split"],
-                               cfg["eval_train_split"], cfg["num_frames"], cfg["stride"], cfg["image_size"])
+            out = {}
+            if tasks:  # the probe computes kNN and linear together
+                out = video_probes(lambda v: model.video_features(v.to(device)), cfg["data"]["val"],
+                                   cfg["eval_split"], cfg["eval_train_split"], cfg["num_frames"], cfg["stride"],
+                                   cfg["image_size"])
             return {**out, **(extra_eval(model, step, cfg) if extra_eval else {})}
 
     fit(accelerator, cfg, objective, loader, evaluate)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -23,30 +25,35 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from . import checkpoint, dist
-from .config import to_yaml
+from .config import ConfigError, Key, to_yaml
 from .optim import build_optimizer, group_schedules, warmup_cosine
 
-# Keys every recipe accepts (recipes add their own on top).
+# Keys every recipe accepts (recipes add their own on top, with mmssl.config.set_defaults).
 TRAIN_DEFAULTS = {
-    "output_dir": "runs/run",
-    "seed": 0,
-    "max_steps": 100,
-    "batch_size": 32,  # per process
-    "grad_accum": 1,
-    "lr": 1e-3,
-    "min_lr_ratio": 0.0,
-    "warmup_steps": 10,
-    "weight_decay": 0.05,
-    "optimizer": "adamw",  # adamw | lars | sgd
-    "grad_clip": 1.0,  # 0 disables
-    "log_every": 10,
-    "save_every": 100,
-    "keep_checkpoints": 2,
-    "eval_every": 0,  # 0: only at the end
-    "resume": False,
-    "tensorboard": True,
-    "num_workers": 2,
-    "data": {"train": "shards/default_images", "val": "", "shuffle_buffer": 1000},
+    "output_dir": Key("runs/run", "run folder: config.yaml, metrics.jsonl, checkpoints/, encoder/, plots"),
+    "overwrite": Key(False, "replace a finished or interrupted run in output_dir (only the files a run writes)"),
+    "resume": Key(False, "continue the run in output_dir from its newest intact checkpoint"),
+    "seed": Key(0, "seed of every generator: data order, augmentations, initialisation, masks"),
+    "max_steps": Key(100, "optimizer steps to train (streams have no length)", min=1),
+    "batch_size": Key(32, "samples per process per micro-step", min=1),
+    "grad_accum": Key(1, "micro-steps per optimizer step", min=1),
+    "lr": Key(1e-3, "peak learning rate (after warmup)", above=0),
+    "min_lr_ratio": Key(0.0, "final learning rate of the cosine schedule, as a share of lr", min=0),
+    "warmup_steps": Key(10, "linear warmup steps", min=0),
+    "weight_decay": Key(0.05, "decoupled weight decay (biases and norms are exempt)", min=0),
+    "optimizer": Key("adamw", "optimizer", choices=("adamw", "lars", "sgd")),
+    "grad_clip": Key(1.0, "clip the gradient norm to this (0 disables)", min=0),
+    "log_every": Key(10, "steps between metrics.jsonl lines", min=1),
+    "save_every": Key(100, "steps between checkpoints, and one at the end (0: none but on SIGTERM or Ctrl-C)", min=0),
+    "keep_checkpoints": Key(2, "newest checkpoints kept", min=1),
+    "eval_every": Key(0, "steps between evaluations (0: only at the end)", min=0),
+    "tensorboard": Key(True, "also log to tensorboard under output_dir"),
+    "num_workers": Key(2, "data-loader worker processes per process", min=0),
+    "data": {
+        "train": Key("shards/default_images", "training shards: a make_shards folder, a folder of tars, a pattern"),
+        "val": Key("", "evaluation shards ('' skips evaluation)"),
+        "shuffle_buffer": Key(1000, "samples in each worker's shuffle buffer", min=0),
+    },
 }
 
 
@@ -54,18 +61,66 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the message names the step and the last good checkpoint."""
 
 
+class RunInterrupted(Exception):
+    """SIGTERM or SIGINT arrived: the step finished, a checkpoint was written; `code` is the exit status."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+# What a run writes in output_dir. `overwrite=true` removes these and nothing else.
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "loss.png", "report.md", "retrieval.png", "checkpoints", "encoder",
+               "reconstructions", "tensorboard")
+# Any of these means the folder holds a run that started training.
+RUN_MARKERS = ("metrics.jsonl", "checkpoints", "encoder")
+_run_lock = None  # held for the life of the process (the kernel drops it when the process ends)
+
+
+def check_run_dir(cfg: dict) -> None:
+    """Refuse (ConfigError) an output_dir that holds a run, unless resume=true or overwrite=true."""
+    run_dir = Path(cfg["output_dir"])
+    if cfg["resume"] and cfg["overwrite"]:
+        raise ConfigError("resume=true and overwrite=true exclude each other")
+    held = [m for m in RUN_MARKERS if (run_dir / m).exists()]
+    if held and not cfg["resume"] and not cfg["overwrite"]:
+        raise ConfigError(f"{run_dir} already holds a run ({held[0]}): pass resume=true to continue it, "
+                          f"overwrite=true to replace it, or another output_dir")
+
+
 def start(cfg: dict):
-    """Seed every generator, create the run folder and the Accelerator, write config.yaml."""
+    """Check and lock the run folder, seed every generator, create the Accelerator, write config.yaml.
+
+    Nothing in output_dir is touched before the checks pass; with overwrite=true only the files a
+    run writes (RUN_OUTPUTS) are removed.
+    """
+    global _run_lock
+    import shutil
+
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    from .lock import FolderLock, FolderLocked
+
+    check_run_dir(cfg)
     run_dir = Path(cfg["output_dir"])
     trackers = "tensorboard" if cfg["tensorboard"] else None
     accelerator = Accelerator(log_with=trackers, project_dir=str(run_dir))
     set_seed(cfg["seed"])
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            _run_lock = FolderLock(run_dir, "training run").acquire()
+        except FolderLocked as exn:
+            raise ConfigError(str(exn)) from None
+        if cfg["overwrite"]:
+            for name in RUN_OUTPUTS:
+                path = run_dir / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    accelerator.wait_for_everyone()
     return accelerator
 
 
@@ -95,6 +150,15 @@ def _flat_hparams(cfg: dict, prefix="") -> dict:
     return out
 
 
+def _json_or_none(line: str) -> dict | None:
+    """A metrics line, or None for a blank one or one a kill cut short."""
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
 class MetricsLog:
     """`metrics.jsonl` (main process): one JSON object per event. On resume, lines past the
     checkpoint's step (written before the crash) are dropped so the file reads as one run."""
@@ -102,7 +166,8 @@ class MetricsLog:
     def __init__(self, path: Path, active: bool, resume_step: int | None):
         self.path, self.active = path, active
         if active and resume_step is not None and path.exists():
-            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= resume_step]
+            keep = [ln for ln in path.read_text(errors="replace").splitlines()
+                    if (rec := _json_or_none(ln)) is not None and rec.get("step", 0) <= resume_step]
             path.write_text("".join(ln + "\n" for ln in keep))
         elif active and resume_step is None and path.exists():
             path.unlink()
@@ -134,7 +199,7 @@ def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=Non
 
     step, resumed_from = 0, None
     if cfg["resume"]:
-        resumed_from = checkpoint.latest(ckpt_root)
+        resumed_from = checkpoint.latest_intact(ckpt_root, accelerator.print)
         if resumed_from is not None:
             step = checkpoint.load(accelerator, resumed_from, scheduler, loader)
             accelerator.print(f"resumed from {resumed_from} at step {step}")
@@ -152,8 +217,10 @@ def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=Non
     last_eval: dict = {}
     window_start, window_steps = time.perf_counter(), 0
     model.train()
+    signals = StopSignals()
+    stopping = None
     try:
-        while step < max_steps:
+        while step < max_steps and stopping is None:
             logs: dict[str, float] = {}
             for micro in range(accum):
                 batch = _to_device(next(stream), accelerator.device)
@@ -162,11 +229,17 @@ def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=Non
                     with accelerator.autocast():
                         out = model(batch, progress=step / max_steps)
                     loss = out["loss"]
-                    bad = torch.tensor(0.0 if torch.isfinite(loss).all() else 1.0, device=loss.device)
-                    if dist.all_reduce_sum(bad).item() > 0:
+                    # One reduction carries both flags, so a stop request costs no extra sync; every
+                    # rank sees the same flags and finishes the same step.
+                    flags = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0,
+                                          float(signals.received is not None and micro == 0)], device=loss.device)
+                    bad, stop = dist.all_reduce_sum(flags).tolist()
+                    if bad > 0:
                         raise TrainingDiverged(
                             f"loss became {_scalar(loss)} at step {step + 1}; stopped. "
                             f"Last good checkpoint: {last_ckpt or 'none'}")
+                    if stop > 0:
+                        stopping = signals.received or signal.SIGTERM
                     accelerator.backward(loss / accum)
                 for k, v in out.items():
                     logs[k] = logs.get(k, 0.0) + _scalar(v) / accum
@@ -182,20 +255,31 @@ def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=Non
                 after(step / max_steps)
             bar.update(1)
             bar.set_postfix(loss=f"{logs['loss']:.4f}")
-            if step % cfg["log_every"] == 0 or step == max_steps:
+            if step % cfg["log_every"] == 0 or step == max_steps or stopping:
                 elapsed = time.perf_counter() - window_start
                 record = {"step": step, **logs, "lr": scheduler.get_last_lr()[0],
                           "samples_per_s": window_steps * global_batch / max(elapsed, 1e-9), "epoch": loader.epoch}
                 metrics.write(record)
                 accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
                 window_start, window_steps = time.perf_counter(), 0
-            if cfg["save_every"] and (step % cfg["save_every"] == 0 or step == max_steps):
+            saving = cfg["save_every"] and (step % cfg["save_every"] == 0 or step == max_steps)
+            if saving or stopping:
                 last_ckpt = checkpoint.save(accelerator, ckpt_root, step, scheduler, loader, cfg["keep_checkpoints"])
+            if stopping:
+                break
             if evaluate is not None and ((cfg["eval_every"] and step % cfg["eval_every"] == 0) or step == max_steps):
                 last_eval = _run_eval(accelerator, model, unwrapped, evaluate, step, metrics)
     finally:
         bar.close()
+        signals.restore()
     data_stats = {f"data/{k}": v for k, v in loader.stats.items()}
+    if stopping:
+        name = signal.Signals(stopping).name
+        metrics.write({"step": step, "event": "interrupted", "signal": name, **data_stats})
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        raise RunInterrupted(f"{name} at step {step}: checkpoint {last_ckpt} written; continue with resume=true",
+                             0 if stopping == signal.SIGTERM else 128 + int(stopping))
     metrics.write({"step": step, "event": "end", **data_stats})
     if accelerator.is_main_process:
         save = getattr(unwrapped, "save_pretrained", None)
@@ -207,13 +291,51 @@ def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=Non
     return last_eval
 
 
+class StopSignals:
+    """SIGTERM (pre-emption) and SIGINT (Ctrl-C) only set a flag: the loop finishes its step, writes
+    a checkpoint and stops. A second signal of either kind stops at once, as before."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            self.restore()
+            signal.raise_signal(signum)
+            return
+        self.received = signum
+
+    def restore(self) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._old = {}
+
+
 def _run_eval(accelerator, model, unwrapped, evaluate, step: int, metrics: MetricsLog) -> dict:
+    """Evaluate on the main process. An evaluation that fails is logged as failed (metrics.jsonl and
+    one line on screen) and training goes on: checkpoints and the final encoder are not lost to it."""
+    from .cli import last_line
+
     result: dict = {}
     if accelerator.is_main_process:
         model.eval()
-        with torch.no_grad():
-            result = evaluate(unwrapped, step)
-        model.train()
+        try:
+            with torch.no_grad():
+                result = evaluate(unwrapped, step)
+        except Exception as exn:  # noqa: BLE001 - any failure of an evaluation is reported, not fatal
+            message = f"{type(exn).__name__}: {last_line(exn)}"
+            metrics.write({"step": step, "event": "eval", "failed": message})
+            accelerator.print(f"eval at step {step} failed ({message}); training goes on")
+            result = {}
+        finally:
+            model.train()
+        if not result:
+            accelerator.wait_for_everyone()
+            return result
         metrics.write({"step": step, "event": "eval", **result})
         accelerator.log({f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))}, step=step)
         accelerator.print(f"eval at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items()
@@ -229,7 +351,7 @@ def plot_loss(metrics_path: Path, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
+    rows = [r for ln in metrics_path.read_text(errors="replace").splitlines() if (r := _json_or_none(ln))]
     train = [r for r in rows if "loss" in r and "event" not in r]
     if not train:
         return

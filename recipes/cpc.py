@@ -21,39 +21,40 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmssl.cli import run_main  # noqa: E402
-from mmssl.config import from_cli  # noqa: E402
+from mmssl.config import ConfigError, Key, constructor_keys, from_cli, set_defaults  # noqa: E402
 from mmssl.data import AudioField, VideoField, build_loader  # noqa: E402
 from mmssl.eval.av_tasks import audio_probes  # noqa: E402
 from mmssl.eval.video_tasks import video_probes  # noqa: E402
 from mmssl.models.encoders import build_encoder  # noqa: E402
 from mmssl.objectives.cpc import CPC, FrameSequence  # noqa: E402
+from mmssl.preflight import check_probe, check_training_data  # noqa: E402
 from mmssl.train import TRAIN_DEFAULTS, fit, start  # noqa: E402
 
-SPEECH_PROBES = [{"name": "speaker", "data": "shards/speech_speakers", "split": "val", "train_split": "train"},
-                 {"name": "digit", "data": "shards/speech_digits", "split": "val", "train_split": "train"}]
-DEFAULTS = {
-    **TRAIN_DEFAULTS,
+DEFAULTS = set_defaults(TRAIN_DEFAULTS, {
     "output_dir": "runs/cpc",
     "data": {"train": "shards/speech_speakers", "val": "", "shuffle_buffer": 500},
-    "input": "audio",
-    "audio": {"sample_rate": 16000, "seconds": 1.0, "min_seconds": 0.1},
-    "video": {"num_frames": 16, "stride": 1, "image_size": 64},
+    "input": Key("audio", "audio: waveform [B, samples]; video: clips [B, T, C, H, W]", choices=("audio", "video")),
+    "audio": {"sample_rate": Key(16000, "waveforms are resampled to this rate", min=1),
+              "seconds": Key(1.0, "length of the training crops", above=0),
+              "min_seconds": Key(0.1, "shorter sound is skipped (short_audio)", min=0)},
+    "video": {"num_frames": Key(16, "frames per clip", min=1), "stride": Key(1, "frames between frames", min=1),
+              "image_size": Key(64, "side of the square frames", min=8)},
     # `config` is free-form: wave_encoder takes {dim}, a transformers model its own config keys.
-    "encoder": {"name": "wave_encoder", "modality": "audio", "pretrained": False, "pooling": "pooler", "freeze": False,
-                "config": {}, "trust_remote_code": False},
-    "cpc": {"context_dim": 256, "steps": 12},
-    "probes": SPEECH_PROBES,
-}
+    "encoder": Key({"name": "wave_encoder", "modality": "audio", "pretrained": False, "pooling": "pooler",
+                    "freeze": False, "config": {}, "trust_remote_code": False},
+                   "g_enc: an audio encoder with a sequence (wave_encoder), or an image encoder for video frames"),
+    "cpc": {k: v for k, v in constructor_keys(CPC).items() if k != "key"},  # key: set by `input`
+    "probes": Key([], "labelled sets probed (kNN, linear) on the time-averaged context: a list of "
+                      "{name, data, split, train_split}"),
+})
 
 
 def input_field(cfg: dict, train: bool):
     if cfg["input"] == "audio":
         a = cfg["audio"]
         return AudioField(a["sample_rate"], a["seconds"], train=train, min_seconds=a["min_seconds"])
-    if cfg["input"] == "video":
-        v = cfg["video"]
-        return VideoField(v["num_frames"], v["stride"], v["image_size"], train=train)
-    raise ValueError(f"input must be 'audio' or 'video', got '{cfg['input']}'")
+    v = cfg["video"]
+    return VideoField(v["num_frames"], v["stride"], v["image_size"], train=train)
 
 
 def build_objective(cfg: dict) -> CPC:
@@ -66,7 +67,12 @@ def build_objective(cfg: dict) -> CPC:
 
 
 def main(argv) -> int:
-    cfg = from_cli(DEFAULTS, argv)
+    cfg = from_cli(DEFAULTS, argv, title="recipes/cpc.py: every config key")
+    check_training_data(cfg)
+    for n, p in enumerate(cfg["probes"]):
+        if not isinstance(p, dict) or set(p) != {"name", "data", "split", "train_split"}:
+            raise ConfigError(f"probes[{n}] must be {{name, data, split, train_split}}, got {p!r}")
+        check_probe(p["data"], p["split"], p["train_split"], f"probes[{n}].data")
     accelerator = start(cfg)
     loader = build_loader(cfg["data"]["train"], [input_field(cfg, True)], cfg["batch_size"],
                           num_workers=cfg["num_workers"], seed=cfg["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"])

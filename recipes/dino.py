@@ -11,14 +11,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmssl.cli import run_main  # noqa: E402
+from mmssl.config import constructor_keys, set_defaults  # noqa: E402
 from mmssl.models.encoders import build_encoder  # noqa: E402
 from mmssl.objectives.dino import DINO  # noqa: E402
 from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, multi_crop, run_image_recipe  # noqa: E402
 
-DEFAULTS = {**IMAGE_SSL_DEFAULTS, "output_dir": "runs/dino",
-            "dino": {"out_dim": 65536, "hidden_dim": 2048, "bottleneck_dim": 256, "n_global": 2, "student_temp": 0.1,
-                     "teacher_temp": 0.04, "warmup_teacher_temp": 0.04, "teacher_temp_warmup": 0.1,
-                     "center_momentum": 0.9, "momentum": 0.996}}
+DEFAULTS = set_defaults(IMAGE_SSL_DEFAULTS, {"output_dir": "runs/dino", "dino": constructor_keys(DINO)})
 
 
 def objective(cfg):

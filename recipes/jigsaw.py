@@ -11,13 +11,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmssl.cli import run_main  # noqa: E402
+from mmssl.config import constructor_keys, set_defaults  # noqa: E402
 from mmssl.models.encoders import build_encoder  # noqa: E402
 from mmssl.objectives.jigsaw import Jigsaw  # noqa: E402
 from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, one_image, run_image_recipe  # noqa: E402
 
-DEFAULTS = {**IMAGE_SSL_DEFAULTS, "output_dir": "runs/jigsaw",
-            "jigsaw": {"grid": 3, "n_perms": 100, "tile_size": 64, "crop": 0.85, "hidden_dim": 1024,
-                       "tile_norm": True}}
+DEFAULTS = set_defaults(IMAGE_SSL_DEFAULTS, {"output_dir": "runs/jigsaw", "jigsaw": constructor_keys(Jigsaw)})
 
 
 def objective(cfg):

@@ -15,16 +15,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from mmssl.cli import run_main  # noqa: E402
+from mmssl.config import Key, constructor_keys, set_defaults  # noqa: E402
 from mmssl.data import ImageField, build_loader, eval_transform  # noqa: E402
 from mmssl.models.masking import patchify, unpatchify  # noqa: E402
 from mmssl.models.vit import ViT  # noqa: E402
 from mmssl.objectives.mae import MAE  # noqa: E402
 from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, one_image, run_image_recipe  # noqa: E402
 
-DEFAULTS = {**{k: v for k, v in IMAGE_SSL_DEFAULTS.items() if k != "backbone"}, "output_dir": "runs/mae",
-            "vit": {"patch_size": 4, "dim": 192, "depth": 6, "heads": 3, "mlp_ratio": 4.0},
-            "mae": {"decoder_dim": 128, "decoder_depth": 2, "decoder_heads": 4, "mask_ratio": 0.75, "norm_pix": True},
-            "reconstructions": 8}
+DEFAULTS = set_defaults({k: v for k, v in IMAGE_SSL_DEFAULTS.items() if k != "backbone"}, {
+    "output_dir": "runs/mae",
+    "vit": {"patch_size": Key(4, "pixels per patch side", min=1), "dim": Key(192, "token width", min=1),
+            "depth": Key(6, "encoder blocks", min=1), "heads": Key(3, "attention heads", min=1),
+            "mlp_ratio": Key(4.0, "MLP width / token width", above=0)},
+    # The CPU demo's decoder is smaller than MAE's default (512 wide, 8 deep).
+    "mae": constructor_keys(MAE, decoder_dim=128, decoder_depth=2, decoder_heads=4),
+    "reconstructions": Key(8, "held-out images in each evaluation's reconstruction picture", min=0)})
 
 
 def objective(cfg):

@@ -11,13 +11,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmssl.cli import run_main  # noqa: E402
+from mmssl.config import constructor_keys, set_defaults  # noqa: E402
 from mmssl.models.encoders import build_encoder  # noqa: E402
 from mmssl.objectives.moco import MoCo  # noqa: E402
 from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, run_image_recipe, two_views  # noqa: E402
 
-DEFAULTS = {**IMAGE_SSL_DEFAULTS, "output_dir": "runs/moco",
-            "moco": {"version": "v2", "proj_dim": 128, "hidden_dim": 2048, "temperature": 0.2, "queue_size": 65536, "momentum": 0.99,
-                     "bn_groups": 8, "symmetric": False}}
+DEFAULTS = set_defaults(IMAGE_SSL_DEFAULTS, {"output_dir": "runs/moco", "moco": constructor_keys(MoCo)})
 
 
 def objective(cfg):

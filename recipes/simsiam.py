@@ -11,12 +11,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmssl.cli import run_main  # noqa: E402
+from mmssl.config import constructor_keys, set_defaults  # noqa: E402
 from mmssl.models.encoders import build_encoder  # noqa: E402
 from mmssl.objectives.simsiam import SimSiam  # noqa: E402
 from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, run_image_recipe, two_views  # noqa: E402
 
-DEFAULTS = {**IMAGE_SSL_DEFAULTS, "output_dir": "runs/simsiam",
-            "simsiam": {"proj_dim": 2048, "pred_dim": 512, "predictor_lr_mult": 1.0, "predictor_fixed_lr": True}}
+DEFAULTS = set_defaults(IMAGE_SSL_DEFAULTS, {"output_dir": "runs/simsiam", "simsiam": constructor_keys(SimSiam)})
 
 
 def objective(cfg):

@@ -11,13 +11,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmssl.cli import run_main  # noqa: E402
+from mmssl.config import constructor_keys, set_defaults  # noqa: E402
 from mmssl.models.encoders import build_encoder  # noqa: E402
 from mmssl.objectives.swav import SwAV  # noqa: E402
 from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, multi_crop, run_image_recipe  # noqa: E402
 
-DEFAULTS = {**IMAGE_SSL_DEFAULTS, "output_dir": "runs/swav",
-            "swav": {"proj_dim": 128, "hidden_dim": 2048, "n_prototypes": 3000, "n_global": 2, "temperature": 0.1,
-                     "epsilon": 0.05, "sinkhorn_iters": 3, "queue_size": 0, "queue_start": 0.15, "freeze_prototypes": 0.0}}
+DEFAULTS = set_defaults(IMAGE_SSL_DEFAULTS, {"output_dir": "runs/swav", "swav": constructor_keys(SwAV)})
 
 
 def objective(cfg):

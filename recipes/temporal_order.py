@@ -18,14 +18,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmssl.cli import run_main  # noqa: E402
+from mmssl.config import Key, constructor_keys, set_defaults  # noqa: E402
 from mmssl.models.encoders import build_encoder  # noqa: E402
 from mmssl.objectives.temporal_order import TemporalOrder  # noqa: E402
 from mmssl.recipe_image import SMALL_RESNET  # noqa: E402
 from mmssl.recipe_video import VIDEO_DEFAULTS, run_video_recipe  # noqa: E402
 
-DEFAULTS = {**VIDEO_DEFAULTS, "output_dir": "runs/temporal_order", "image_size": 64, "backbone": SMALL_RESNET,
-            "temporal_order": {"task": "verify", "hidden_dim": 512, "eval_frames": 4,
-                               "fusion": "difference"}}
+DEFAULTS = set_defaults(VIDEO_DEFAULTS, {"output_dir": "runs/temporal_order", "image_size": 64,
+                                         "backbone": Key(SMALL_RESNET, "frame encoder spec (mmssl.models.encoders)"),
+                                         "temporal_order": constructor_keys(TemporalOrder)})
 
 
 def objective(cfg):

@@ -9,6 +9,7 @@ from mmssl.data import build_loader
 from mmssl.models.encoders import build_encoder
 from mmssl.objectives.simsiam import SimSiam
 from mmssl.optim import build_optimizer, group_schedules, warmup_cosine
+from mmssl.config import plain
 from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, SMALL_RESNET, two_views
 from mmssl.train import fit, start
 
@@ -70,7 +71,7 @@ def test_sgd_uses_momentum_and_unknown_names_are_refused():
 
 def test_fit_applies_the_objective_lr_multipliers(fashion_shards, tmp_path):
     """A zero multiplier freezes the predictor inside the real training loop; the rest still moves."""
-    cfg = {**IMAGE_SSL_DEFAULTS, "output_dir": str(tmp_path / "run"), "max_steps": 2, "batch_size": 16,
+    cfg = {**plain(IMAGE_SSL_DEFAULTS), "output_dir": str(tmp_path / "run"), "max_steps": 2, "batch_size": 16,
            "num_workers": 0, "warmup_steps": 0, "tensorboard": False, "save_every": 0}
     loader = build_loader(str(fashion_shards), two_views(cfg), 16, num_workers=0, seed=0, shuffle_buffer=10)
     model = small_simsiam(0.0)

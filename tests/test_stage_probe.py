@@ -59,4 +59,4 @@ def test_the_image_demos_resnet_ends_on_a_2x2_map_at_32_px():
                 for spec in (RESNET_32PX, SMALL_RESNET)]
     assert [tuple(h.shape[-2:]) for h in maps[0]] == [(8, 8), (8, 8), (4, 4), (2, 2)]
     assert tuple(maps[1][-1].shape[-2:]) == (1, 1)
-    assert IMAGE_SSL_DEFAULTS["backbone"] is RESNET_32PX
+    assert IMAGE_SSL_DEFAULTS["backbone"].default is RESNET_32PX

@@ -87,6 +87,7 @@ import sys, torch
 sys.path.insert(0, {str(ROOT)!r})
 from mmssl.cli import run_main
 from mmssl.data import LabelField, build_loader
+from mmssl.config import plain
 from mmssl.train import TRAIN_DEFAULTS, fit, start
 
 class Explodes(torch.nn.Module):
@@ -100,7 +101,7 @@ class Explodes(torch.nn.Module):
         return {{"loss": (self.w * batch["label"].float()).mean() + bad}}
 
 def main(argv):
-    cfg = {{**TRAIN_DEFAULTS, "output_dir": {str(tmp_path / "run")!r}, "max_steps": 10, "save_every": 2,
+    cfg = {{**plain(TRAIN_DEFAULTS), "output_dir": {str(tmp_path / "run")!r}, "max_steps": 10, "save_every": 2,
            "batch_size": 2, "tensorboard": False, "num_workers": 0}}
     acc = start(cfg)
     fit(acc, cfg, Explodes(), build_loader({str(caption_shards)!r}, [LabelField()], 2))

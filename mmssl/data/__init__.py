@@ -1,7 +1,7 @@
 """Streaming data: shard sources, exact epoch plans, fields per modality, and the loader."""
 from .audio import AudioField, LogMel
 from .av import AVPairField
-from .fields import LabelField, SkipSample
+from .fields import ImageIdField, LabelField, SkipSample
 from .image import ImageField, eval_transform, train_transform
 from .loader import ShardLoader, build_loader
 from .shards import DataSpecError, Source, read_manifest, resolve_source, resolve_sources
@@ -10,7 +10,7 @@ from .video import VideoField
 from .views import MultiCrop, TwoViews, ssl_augment
 
 __all__ = [
-    "AVPairField", "AudioField", "DataSpecError", "ImageField", "LabelField", "LogMel", "MultiCrop", "ShardLoader",
+    "AVPairField", "AudioField", "DataSpecError", "ImageField", "ImageIdField", "LabelField", "LogMel", "MultiCrop", "ShardLoader",
     "SkipSample", "Source", "TextField", "TwoViews", "VideoField", "build_loader", "eval_transform",
     "read_manifest", "resolve_source", "resolve_sources", "ssl_augment", "train_transform",
 ]

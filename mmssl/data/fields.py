@@ -43,6 +43,23 @@ class LabelField:
             raise SkipSample("bad_label", f"{sample['__key__']}: {raw[:20]!r}") from None
 
 
+class ImageIdField:
+    """`json` member's `image_id` -> `image_id` (str): which image a caption belongs to when a table
+    gave one image several captions (make_shards writes it). Without one, the sample's own key."""
+
+    extensions = ("json",)
+
+    def decode(self, sample: dict) -> dict:
+        import json
+
+        try:
+            meta = json.loads(sample.get("json") or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            meta = {}
+        image_id = meta.get("image_id") if isinstance(meta, dict) else None
+        return {"image_id": str(image_id) if image_id is not None else sample["__key__"]}
+
+
 def randint(high: int) -> int:
     """Uniform integer in [0, high) from torch's generator, which the stream seeds per sample.
 

@@ -79,10 +79,24 @@ def train_transform(size: int = 224, scale=(0.2, 1.0), flip: bool = True, color:
     return v2.Compose(steps + [to_tensor()])
 
 
+class CenterCropFloor(torch.nn.Module):
+    """Centre crop whose offset rounds down, (h - size) // 2, as transformers' image processors and
+    PIL do; torchvision's CenterCrop rounds half to even, one pixel off whenever the margin is odd."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, img):
+        h, w = v2.functional.get_size(img)
+        return v2.functional.crop(img, (h - self.size) // 2, (w - self.size) // 2, self.size, self.size)
+
+
 def eval_transform(size: int = 224, resize: int | None = None) -> v2.Compose:
-    """Resize the shorter side (to size/0.875 by default), centre crop, normalise."""
+    """Resize the shorter side (to size/0.875 by default), centre crop, normalise: what the saved
+    `preprocessor_config.json` of a trained tower does (mmssl.models.encoders.save_image_processor)."""
     resize = resize or int(round(size / 0.875))
-    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(size), to_tensor()])
+    return v2.Compose([v2.Resize(resize, antialias=True), CenterCropFloor(size), to_tensor()])
 
 
 def tensor_to_pil(chw: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Image.Image:

@@ -44,7 +44,12 @@ def _remaining(stream) -> int | None:
 
 
 def _read_exact(stream, n: int) -> bytes:
-    left = _remaining(stream)
+    if n <= CHUNK:  # the common case: one read, nothing to guard
+        data = stream.read(n)
+        if len(data) < n:
+            raise TruncatedTar(f"unexpected end of data ({len(data)} of {n} bytes)")
+        return data
+    left = _remaining(stream)  # a large member: is it really there, before anything is allocated?
     if left is not None and left < n:
         raise TruncatedTar(f"a member declares {n} bytes but only {left} remain")
     parts, got = [], 0

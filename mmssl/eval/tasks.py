@@ -4,13 +4,16 @@ A *model* here is any object with some of:
 - `image_features(images [B,3,H,W]) -> [B, D]`: the frozen backbone (kNN, linear probe);
 - `image_embed(images) -> [B, E]` and `text_embed(list[str]) -> [B, E]`: a joint image-text
   space (zero-shot classification, retrieval).
+
+Retrieval groups the captions of one image by the `image_id` make_shards writes (COCO protocol;
+see mmssl.eval.retrieval), and ties score at chance.
 """
 from __future__ import annotations
 
 import torch
 
 from ..collapse import effective_rank
-from ..data import ImageField, LabelField, TextField, build_loader, eval_transform, read_manifest
+from ..data import ImageField, ImageIdField, LabelField, TextField, build_loader, eval_transform, resolve_source
 from .features import extract
 from .knn import knn_accuracy
 from .linear_probe import linear_probe
@@ -23,7 +26,7 @@ TASKS = ("knn", "linear", "zero-shot", "retrieval")
 def _loader(data: str, split: str, size: int, text: bool, label: bool, batch_size: int, workers: int):
     fields = [ImageField(eval_transform(size))]
     if text:
-        fields.append(TextField())
+        fields += [TextField(), ImageIdField()]
     if label:
         fields.append(LabelField())
     # One process reads the whole split in order: evaluation sees every sample exactly once.
@@ -59,7 +62,7 @@ def run_tasks(model, tasks, data: str, split: str = "val", image_size: int = 224
             _loader(data, split, image_size, "retrieval" in tasks, True, batch_size, workers),
             lambda b: model.image_embed(b["image"]))
         if "zero-shot" in tasks:
-            names = read_manifest(data).get("labels", [])
+            names = resolve_source(data, split).labels
             if not names:
                 raise ValueError(f"{data} has no label names for zero-shot classification")
             classes = class_embeddings(model.text_embed, names)
@@ -68,6 +71,6 @@ def run_tasks(model, tasks, data: str, split: str = "val", image_size: int = 224
         if "retrieval" in tasks:
             text_emb = torch.cat([model.text_embed(joint["text"][i : i + batch_size])
                                   for i in range(0, len(joint["text"]), batch_size)])
-            out.update(recall_at_k(joint["features"], text_emb))
-            out["retrieval_chance_R@1"] = 1.0 / len(joint["text"])
+            out.update(recall_at_k(joint["features"], text_emb, groups=joint.get("image_id")))
+            out["retrieval_chance_R@1"] = 1.0 / out["retrieval_images"]
     return out

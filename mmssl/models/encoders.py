@@ -40,6 +40,47 @@ TORCHVISION_META = "mmssl_encoder.json"
 AUDIO_ENCODERS = {"logmel_cnn": LogMelCNN, "wave_encoder": WaveEncoder}
 
 
+TORCHVISION_README = """# A torchvision {name} encoder saved by mmssl
+
+`model.safetensors` holds torchvision's own parameter names with the classification head removed
+(the encoder returns [B, {out_dim}] features). Load it with mmssl:
+
+    from mmssl.models.encoders import build_encoder
+    encoder = build_encoder({{"name": "THIS_FOLDER"}})
+
+or with torchvision alone:
+
+    import torch, torchvision
+    from safetensors.torch import load_file
+    model = torchvision.models.get_model("{name}")
+    model.fc = torch.nn.Identity()  # ResNets; other families name their head differently
+    model.load_state_dict(load_file("THIS_FOLDER/model.safetensors"))
+
+Inputs: RGB, resized and centre-cropped as in preprocessor_config.json when present, scaled to
+[0, 1] and normalised with the ImageNet mean and std.
+"""
+
+
+def save_image_processor(directory: str | os.PathLike, image_size: int) -> bool:
+    """Write `preprocessor_config.json` for `mmssl.data.image.eval_transform(image_size)`: resize the
+    shorter side to round(size / 0.875), centre-crop `size`, ImageNet normalisation. transformers'
+    ConvNeXt processor does exactly that for sizes below 384 (it resizes the shorter side to
+    int(size / crop_pct)), so AutoImageProcessor and `pipeline("image-feature-extraction")` feed the
+    saved tower what mmssl's evaluation feeds it. From 384 px that processor warps instead of
+    cropping, so none is written (returns False)."""
+    from ..data.image import IMAGENET_MEAN, IMAGENET_STD
+
+    if image_size >= 384:
+        return False
+    resize = int(round(image_size / 0.875))
+    config = {"image_processor_type": "ConvNextImageProcessor", "do_resize": True,
+              "size": {"shortest_edge": image_size}, "crop_pct": image_size / (resize + 0.5),
+              "resample": 2, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+              "image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD), "do_convert_rgb": True}
+    Path(directory, "preprocessor_config.json").write_text(json.dumps(config, indent=1))
+    return True
+
+
 class EncoderSpecError(ValueError):
     """An encoder spec that cannot be built; the message names the field."""
 
@@ -94,11 +135,19 @@ class TorchvisionEncoder(nn.Module):
         return self.model(image)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """`model.safetensors` (torchvision's own parameter names, head removed), `mmssl_encoder.json`,
+        a README with the load lines, and a config.json whose model type says how to load it, so that
+        transformers' AutoModel fails with that sentence instead of a missing-model_type error."""
         from safetensors.torch import save_file
 
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(Path(directory) / "model.safetensors"))
-        (Path(directory) / TORCHVISION_META).write_text(json.dumps({"torchvision": self.name, "out_dim": self.out_dim}))
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(directory / "model.safetensors"))
+        (directory / TORCHVISION_META).write_text(json.dumps({"torchvision": self.name, "out_dim": self.out_dim}))
+        how = (f"torchvision {self.name} saved by mmssl, not a transformers model: load it with "
+               f"mmssl.models.encoders.build_encoder({{'name': FOLDER}}) or torchvision (see README.md in this folder)")
+        (directory / "config.json").write_text(json.dumps({"model_type": how}))
+        (directory / "README.md").write_text(TORCHVISION_README.format(name=self.name, out_dim=self.out_dim))
 
 
 def _strip_head(model: nn.Module) -> int:

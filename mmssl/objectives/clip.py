@@ -11,6 +11,8 @@ pair are the whole global batch.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import math
 
 import torch
@@ -36,7 +38,7 @@ class CLIP(nn.Module):
     batch_keys = ("image", "input_ids", "attention_mask")
 
     def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module, embed_dim: int = 256,
-                 init_temperature: float = 0.07, max_logit_scale: float = 100.0, loss: str = "clip"):
+                 init_temperature: float = 0.07, max_logit_scale: float = 100.0, loss: Literal["clip", "siglip"] = "clip"):
         super().__init__()
         if loss not in ("clip", "siglip"):
             raise ValueError(f"CLIP loss must be 'clip' or 'siglip', got '{loss}'")

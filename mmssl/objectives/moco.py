@@ -26,6 +26,8 @@ queue (every key of the batch is normalised alike), so it needs none.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,7 +46,7 @@ class MoCo(nn.Module):
 
     batch_keys = ("views",)
 
-    def __init__(self, backbone: nn.Module, version: str = "v2", proj_dim: int = 128, hidden_dim: int = 2048,
+    def __init__(self, backbone: nn.Module, version: Literal["v2", "v3"] = "v2", proj_dim: int = 128, hidden_dim: int = 2048,
                  temperature: float = 0.2, queue_size: int = 65536, momentum: float = 0.99, bn_groups: int = 8,
                  symmetric: bool = False):
         super().__init__()

@@ -31,6 +31,8 @@ Everything is drawn in the model with torch's RNG, like MAE's masks.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import itertools
 
 import torch
@@ -98,8 +100,8 @@ class TemporalOrder(nn.Module):
 
     batch_keys = ("video",)
 
-    def __init__(self, frame_encoder: nn.Module, task: str = "verify", hidden_dim: int = 512, eval_frames: int = 4,
-                 fusion: str = "difference"):
+    def __init__(self, frame_encoder: nn.Module, task: Literal["verify", "sort"] = "verify", hidden_dim: int = 512, eval_frames: int = 4,
+                 fusion: Literal["difference", "concat"] = "difference"):
         super().__init__()
         if task not in ("verify", "sort"):
             raise ValueError(f"temporal_order.task must be 'verify' or 'sort', got '{task}'")
