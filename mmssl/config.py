@@ -96,14 +96,7 @@ def plain(defaults):
 
 def keys_of(defaults: dict, prefix: str = "") -> dict[str, Key]:
     """{dotted key: Key} for every key of `defaults` (bare defaults become a Key without help)."""
-    out = {}
-    for k, v in defaults.items():
-        dotted = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(keys_of(v, dotted + "."))
-        else:
-            out[dotted] = v if isinstance(v, Key) else Key(v)
-    return out
+    return {k: v if isinstance(v, Key) else Key(v) for k, v in _flatten(defaults, prefix).items()}
 
 
 def check_values(cfg: dict, defaults: dict) -> None:

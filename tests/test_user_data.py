@@ -20,19 +20,10 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, make_shards
+from test_make_shards import all_keys as keys_in
 from mmssl.data import DataSpecError, ImageField, LabelField, TextField, build_loader, eval_transform
 
 MAKE_SHARDS = [sys.executable, str(ROOT / "tools" / "make_shards.py")]
-
-
-def keys_in(folder: Path) -> list[str]:
-    keys = []
-    for tar in sorted(folder.glob("*.tar")):
-        for name in tarfile.open(tar).getnames():
-            k = name.split(".", 1)[0]
-            if not keys or keys[-1] != k:
-                keys.append(k)
-    return keys
 
 
 def manifest_of(folder: Path) -> dict:
