@@ -151,6 +151,7 @@ def main() -> int:
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5, help="alternating timed runs per pair (median reported)")
+    p.add_argument("--out", type=Path, help="also write the rows, the commit and the command to this JSON file")
     args = p.parse_args()
     for d in (args.images, args.videos):
         if not (d / "manifest.json").exists():
@@ -164,6 +165,16 @@ def main() -> int:
     print(f"{'measurement':30s} {'ours/s':>9s} {'baseline/s':>11s} {'ratio':>6s}  baseline")
     for name, ours, base, what in rows:
         print(f"{name:30s} {ours:9.1f} {base:11.1f} {ours / base:6.2f}  {what}")
+    if args.out:
+        import json
+
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        record = {"command": " ".join(["python", "benchmarks/data_pipeline.py", *sys.argv[1:]]),
+                  "commit": commit.stdout.strip(), "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
+                  "rows": [{"measurement": n, "ours_per_s": round(o, 1), "baseline_per_s": round(b, 1),
+                            "ratio": round(o / b, 3), "baseline": w} for n, o, b, w in rows]}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
     return 0
 
 

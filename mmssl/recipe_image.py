@@ -27,7 +27,7 @@ SMALL_RESNET = {"name": "resnet", "modality": "image", "pretrained": False, "fre
 # The image SSL demos' backbone: the same ResNet without its last stage. transformers' ResNet keeps
 # the ImageNet stem (stride 4), so at 32 px a fourth stage sees a 1x1 map, where its convolutions
 # act as one more projector layer: trained by BYOL, Barlow Twins or jigsaw it lost 2 to 3 kNN points
-# against stage 3, which left their kNN within about a point of random init (README, "Results
+# against stage 3, which left their kNN within about a point of random init (docs/images.md, "Results
 # table"). Three stages end on a 2x2 map, as CIFAR ResNets do (He et al. 2016, section 4.2).
 RESNET_32PX = {**SMALL_RESNET,
                "config": {**SMALL_RESNET["config"], "depths": [1, 1, 1], "hidden_sizes": [64, 128, 256]}}

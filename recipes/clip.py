@@ -9,6 +9,7 @@ config -> data -> objective -> fit. Keys: mmssl.train.TRAIN_DEFAULTS plus those 
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,7 +35,8 @@ DEFAULTS = set_defaults(TRAIN_DEFAULTS, {
                          "freeze": True, "pooling": "mean", "config": {}, "trust_remote_code": False}, f"text {TOWER}"),
     "tokenizer": Key("", "tokenizer id or folder ('' : the text encoder's)"),
     "max_text_length": Key(32, "tokens per caption (longer ones are cut)", min=1),
-    **{k: v for k, v in constructor_keys(CLIP).items() if k in ("embed_dim", "init_temperature", "loss")},
+    **{k: v for k, v in constructor_keys(CLIP).items() if k in ("init_temperature", "loss")},
+    "embed_dim": replace(constructor_keys(CLIP)["embed_dim"], min=1),
     "augment": {"scale_min": Key(0.5, "smallest crop, as a share of the image area", above=0),
                 "color": Key(0.4, "colour-jitter strength (0 disables)", min=0)},
     "eval_tasks": Key(["retrieval", "zero-shot"], "evaluations on data.val (zero-shot runs only where the data has "

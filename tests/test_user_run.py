@@ -68,6 +68,10 @@ def unlabelled_captions(stamp_tree, tmp_path_factory) -> Path:
     ("temporal_order.py", "temporal_order.fusion=sum", "must be one of difference, concat; got 'sum'"),
     ("clip.py", "loss=triplet", "config field 'loss' must be one of clip, siglip; got 'triplet'"),
     ("cpc.py", "input=text", "config field 'input' must be one of audio, video; got 'text'"),
+    ("clip.py", "embed_dim=0", "config field 'embed_dim' must be >= 1, got 0"),
+    ("simclr.py", "max_steps=0", "config field 'max_steps' must be >= 1, got 0"),
+    ("simclr.py", "save_every=-1", "config field 'save_every' must be >= 0, got -1"),
+    ("videomae.py", "image_size=4", "config field 'image_size' must be >= 8, got 4"),
 ])
 def test_bad_values_are_refused_when_the_config_is_merged(script, override, message):
     import runpy

@@ -7,7 +7,7 @@ with tau = 1 - (1 - tau_base)(cos(pi k / K) + 1) / 2, applied after every optimi
 `predictor_lr_mult` scales the predictor's learning rate. The paper argues BYOL works while the
 predictor stays near its optimum for the current encoder; Tian et al. 2021
 (https://arxiv.org/abs/2102.06810) report that a predictor learning faster than the encoder does
-better. The README's results table measures what 10 does to the rank of the features.
+better. docs/images.md's results table measures what 10 does to the rank of the features.
 
 `per_view_bn` (default on) encodes each view in its own forward pass, as the paper's algorithm
 does, so BatchNorm normalises a view with that view's statistics; off, the two views go through

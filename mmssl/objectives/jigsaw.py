@@ -7,8 +7,8 @@ backbone; the features, concatenated in shuffled order, classify the permutation
 chosen greedily for maximal Hamming distance (the paper's algorithm). With `tile_norm` (the
 paper's default) each tile is standardised on its own, zero mean and unit standard deviation over
 its pixels, so that brightness and contrast of a tile do not tell where it came from; the
-Fashion-MNIST demo turns it off (see the README's results table). The crop offset is drawn once
-per tile position and batch rather than per image, to keep it one tensor operation.
+Fashion-MNIST demo turns it off (see the results table in docs/images.md). The crop offset is
+drawn once per tile position and batch rather than per image, to keep it one tensor operation.
 """
 from __future__ import annotations
 
