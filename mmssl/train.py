@@ -86,6 +86,9 @@ def check_run_dir(cfg: dict) -> None:
     if held and not cfg["resume"] and not cfg["overwrite"]:
         raise ConfigError(f"{run_dir} already holds a run ({held[0]}): pass resume=true to continue it, "
                           f"overwrite=true to replace it, or another output_dir")
+    if held and cfg["resume"] and not any((run_dir / "checkpoints").glob("step_*")):
+        raise ConfigError(f"resume=true: {run_dir} holds a run but no checkpoint to continue from; "
+                          "pass overwrite=true to start it again")
 
 
 def start(cfg: dict):
