@@ -294,3 +294,18 @@ def test_several_captions_per_image_follow_the_coco_protocol():
         torch.nn.functional.normalize(text, dim=1).t()
     strict = sum(int((sim[:, i] > sim[g, i]).sum() < 1) for i, g in enumerate(groups)) / len(groups)
     assert out["text_to_image_R@1"] <= strict + 1e-9  # ties never count as wins
+
+
+def test_resume_without_a_checkpoint_keeps_the_old_run(tmp_path):
+    """resume=true on a run that saved no checkpoint would start from step 0 and drop its metrics:
+    refused instead, and so are resume and overwrite together."""
+    from mmssl.train import check_run_dir
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 10, "loss": 1.0}\n')
+    cfg = {"output_dir": str(tmp_path), "resume": True, "overwrite": False}
+    with pytest.raises(ConfigError, match="holds a run but no checkpoint to continue from"):
+        check_run_dir(cfg)
+    with pytest.raises(ConfigError, match="exclude each other"):
+        check_run_dir({**cfg, "overwrite": True})
+    check_run_dir({**cfg, "resume": False, "overwrite": True})  # replacing it is what overwrite is for
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 10, "loss": 1.0}\n'
