@@ -4,6 +4,8 @@
     python benchmarks/demo_seeds.py [--seeds 0,1,2] [--out benchmarks/results/demo_seeds.json]
 
 For each seed: the demo's CLIP run (recipes/configs/clip_demo.yaml, seed=N) on the default corpus,
+launched as `make demo` launches it (accelerate launch, one process, which sets one CPU thread: a
+plain `python recipes/clip.py` uses every core and gives slightly different numbers at one seed),
 then tools/clip_report.py on its held-out split. Prints each metric's min, mean and max over the
 seeds (untrained and chance columns come from the report of seed 0) and writes every figure, the
 commit and the command to --out. Needs the default corpus (`make corpus`).
@@ -27,7 +29,9 @@ def run_seed(seed: int, runs: Path) -> dict:
     run = runs / f"demo_seed{seed}"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     started = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "recipes" / "clip.py"), "--config",
+    launch = [str(Path(sys.executable).parent / "accelerate"), "launch", "--num_processes", "1", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no"]  # as the Makefile's demo target
+    subprocess.run([*launch, str(ROOT / "recipes" / "clip.py"), "--config",
                     str(ROOT / "recipes" / "configs" / "clip_demo.yaml"), f"output_dir={run}", f"seed={seed}",
                     "overwrite=true"], check=True, env=env, capture_output=True)
     seconds = time.perf_counter() - started

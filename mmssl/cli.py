@@ -23,6 +23,8 @@ def run_main(main, argv=None) -> None:
     from .train import RunInterrupted, TrainingDiverged
 
     prog = Path(sys.argv[0]).name
+    if prog == "__main__.py":  # python -m mmssl.eval
+        prog = f"python -m mmssl.{Path(sys.argv[0]).parent.name}"
     try:
         code = main(argv)
     except (ConfigError, DataSpecError, EncoderSpecError, CheckpointError) as exn:

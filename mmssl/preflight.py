@@ -19,8 +19,8 @@ from .data.shards import DataSpecError, Segment, resolve_sources
 # Tasks that score predictions against integer labels (`cls`) or against label names.
 NEEDS_LABELS = {"knn", "linear", "zero-shot"}
 DEMO_DATA = {
-    "shards/default_images": "make demo (or: make corpus)",
-    "shards/default_videos": "make demo (or: make corpus)",
+    "shards/default_images": "make corpus",
+    "shards/default_videos": "make corpus",
     "shards/fashion_mnist": "python tools/build_fashion_mnist.py",
     "shards/motion": "python tools/build_motion_set.py",
     "shards/av": "python tools/build_av_set.py",
@@ -36,7 +36,8 @@ def check_source(spec, split: str, key: str):
         return resolve_sources(spec, split)
     except DataSpecError as exn:
         hint = DEMO_DATA.get(str(spec).rstrip("/"))
-        more = f"; build it with `{hint}` or set {key}=YOUR_SHARDS" if hint else ""
+        more = f"; build it with `{hint}`{' (part of `make demo`)' if hint == 'make corpus' else ''} " \
+            f"or set {key}=YOUR_SHARDS" if hint else ""
         raise DataSpecError(f"{key}: {exn}{more}") from None
 
 

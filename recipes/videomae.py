@@ -21,14 +21,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from mmssl.cli import run_main  # noqa: E402
+from mmssl.config import Key, set_defaults  # noqa: E402
 from mmssl.data import VideoField, build_loader  # noqa: E402
 from mmssl.models.masking import tubelet_patchify, tubelet_unpatchify  # noqa: E402
 from mmssl.objectives.videomae import VideoMAE, load_videomae  # noqa: E402
 from mmssl.recipe_video import VIDEO_DEFAULTS, run_video_recipe  # noqa: E402
 
-DEFAULTS = {**VIDEO_DEFAULTS, "output_dir": "runs/videomae",
-            "videomae": {"init": "", "config": {}, "mask_ratio": 0.9},
-            "reconstructions": 4}
+DEFAULTS = set_defaults(VIDEO_DEFAULTS, {
+    "output_dir": "runs/videomae",
+    "videomae": {"init": Key("", "a VideoMAEForPreTraining Hub id or folder to start from ('': a fresh model)"),
+                 "config": Key({}, "transformers VideoMAEConfig keys for a fresh model (hidden_size, patch_size, ...)"),
+                 "mask_ratio": Key(0.9, "share of tubes hidden from the encoder (the paper's 90%)", min=0)},
+    "reconstructions": Key(4, "held-out clips drawn at each evaluation (reconstructions/step_XXXXXXX.png)", min=0)})
 
 
 def objective(cfg):

@@ -160,6 +160,7 @@ def slow_source(stamp_tree, tmp_path) -> Path:
     return copies_of_photos(stamp_tree, tmp_path / "src", 6)
 
 
+@pytest.mark.slow
 def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(stamp_tree, tmp_path):
     slow_source = copies_of_photos(stamp_tree, tmp_path / "src", 40)
     out = tmp_path / "out"
@@ -194,6 +195,7 @@ def test_resume_refuses_a_changed_source_and_overwrite_rebuilds(slow_source, tmp
     assert manifest_of(out)["labels"] == ["animals", "food", "zebras"]
 
 
+@pytest.mark.slow
 def test_folders_that_hold_someone_elses_files(image_shards, slow_source, tmp_path):
     out = tmp_path / "theirs"
     out.mkdir()

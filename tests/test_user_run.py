@@ -125,6 +125,11 @@ def test_clip_on_an_unlabelled_captions_corpus_evaluates_retrieval_and_saves(unl
     # COCO protocol: fewer images than captions, each caption scored against its own image.
     assert final["retrieval_images"] < final["retrieval_texts"] == final["eval_samples"]
     assert (out / "encoder" / "heads.safetensors").exists() and (out / "encoder" / "text").is_dir()
+    ev = subprocess.run([sys.executable, "-m", "mmssl.eval", str(out), "--task", "knn", "--data",
+                         str(unlabelled_captions)], capture_output=True, text=True, env=ENV, cwd=ROOT)
+    assert ev.returncode == 2 and ev.stderr.strip().splitlines() == [
+        f"python -m mmssl.eval: error: --task knn needs labels, and {unlabelled_captions} has none; "
+        "on unlabelled captions use --task retrieval"]
     # Asked for explicitly, zero-shot on data without label names is an error before training.
     again = run("clip.py", "--config", str(ROOT / "recipes/configs/clip_demo.yaml"),
                 f"data.train={unlabelled_captions}", f"data.val={unlabelled_captions}", f"output_dir={tmp_path / 'z'}",
@@ -156,6 +161,7 @@ def test_probes_that_point_at_a_missing_folder_stop_before_training(tmp_path, av
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_an_evaluation_that_fails_is_logged_and_the_run_still_saves(unlabelled_captions, tmp_path):
     """Evaluation fails during training (its data vanished): logged as failed, training, checkpoints
     and the final encoder are kept."""
@@ -214,6 +220,7 @@ def test_damaged_checkpoints_are_named_and_skipped(caption_shards, tmp_path):
     assert proc.returncode == 2 and "no intact checkpoint" in proc.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_resume_is_bit_identical(caption_shards, tmp_path):
     args = ["--config", str(ROOT / "recipes/configs/clip_demo.yaml"), f"data.train={caption_shards}", "data.val=",
             *TINY_CLIP, "max_steps=10", "save_every=100", "num_workers=2"]

@@ -50,6 +50,16 @@ def main(argv=None) -> int:
         model = BackboneEval(build_encoder({"name": str(args.run_dir / "encoder"), "freeze": True}), args.stage)
     else:
         raise ConfigError(f"{args.run_dir}/encoder holds no model this evaluator knows")
+    from ..preflight import NEEDS_LABELS, check_source, has_labels, label_names
+
+    splits = (args.split, "train") if {"knn", "linear"} & set(args.task) else (args.split,)
+    for split in dict.fromkeys(splits):
+        check_source(args.data, split, "--data")
+    unlabelled = [t for t in args.task if t in NEEDS_LABELS and not (
+        label_names(args.data, args.split) if t == "zero-shot" else all(has_labels(args.data, s) for s in splits))]
+    if unlabelled:
+        raise ConfigError(f"--task {unlabelled[0]} needs labels, and {args.data} has none; "
+                          "on unlabelled captions use --task retrieval")
     metrics = run_tasks(model, args.task, args.data, args.split, cfg.get("image_size", 224), args.batch_size, args.workers)
     record = {"event": "eval", "tasks": args.task, "data": args.data, "split": args.split,
               **({"stage": args.stage} if args.stage is not None else {}), **metrics}

@@ -20,7 +20,14 @@ from ..models.heads import mlp
 
 
 class BarlowTwins(nn.Module):
-    """backbone `[B,3,H,W] -> [B, D]`; 3-layer projector `-> proj_dim`; batch `views`."""
+    """backbone `[B,3,H,W] -> [B, D]`; 3-layer projector `-> proj_dim`; batch `views`.
+
+    Args:
+        proj_dim: projector output width (the cross-correlation is proj_dim x proj_dim)
+        hidden_dim: hidden width of the 3-layer projector
+        lambd: weight of the off-diagonal (redundancy) terms
+        per_view_bn: encode each view alone, as the paper's Algorithm 1
+    """
 
     batch_keys = ("views",)
 

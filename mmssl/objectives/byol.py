@@ -26,7 +26,15 @@ from ..optim import cosine_schedule
 
 
 class BYOL(nn.Module):
-    """backbone `[B,3,H,W] -> [B, D]`; projector and predictor MLPs `-> proj_dim`; batch `views`."""
+    """backbone `[B,3,H,W] -> [B, D]`; projector and predictor MLPs `-> proj_dim`; batch `views`.
+
+    Args:
+        proj_dim: projection and prediction width
+        hidden_dim: hidden width of projector and predictor
+        momentum: starting EMA momentum of the target (rises to 1 on a cosine)
+        predictor_lr_mult: predictor learning rate / encoder learning rate
+        per_view_bn: encode each view alone, so BatchNorm statistics are per view (the paper's)
+    """
 
     batch_keys = ("views",)
 

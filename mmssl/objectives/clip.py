@@ -30,8 +30,7 @@ class CLIP(nn.Module):
         image_encoder: `[B,3,H,W] -> [B, D_i]` with `.out_dim`.
         text_encoder: `(input_ids [B,L], attention_mask [B,L]) -> [B, D_t]` with `.out_dim`.
         embed_dim: width E of the joint space.
-        init_temperature: 0.07 as in the paper; the logit scale 1/t is learned in log space and
-            clamped to at most 100, as in the paper.
+        init_temperature: starting softmax temperature t (0.07, the paper's; 1/t is learned, at most 100)
         loss: "clip" (softmax, symmetric) or "siglip" (pairwise sigmoid, learned bias init -10).
     """
 

@@ -39,7 +39,13 @@ class FrameSequence(nn.Module):
 
 class CPC(nn.Module):
     """encoder: `.sequence(x) -> [B, T, D]` and `.out_dim`; batch[key] is its input (`audio`
-    [B, samples] or `video` [B, T, C, H, W])."""
+    [B, samples] or `video` [B, T, C, H, W]).
+
+    Args:
+        context_dim: width of the autoregressive context (GRU)
+        steps: future steps predicted from each context
+        key: batch key of the input sequence (audio or video)
+    """
 
     def __init__(self, encoder: nn.Module, context_dim: int = 256, steps: int = 12, key: str = "audio"):
         super().__init__()

@@ -21,7 +21,20 @@ from ..optim import cosine_schedule
 
 
 class DINO(nn.Module):
-    """backbone `[B,3,H,W] -> [B, D]`; head `D -> out_dim`; batch `views`: n_global crops, then local crops."""
+    """backbone `[B,3,H,W] -> [B, D]`; head `D -> out_dim`; batch `views`: n_global crops, then local crops.
+
+    Args:
+        out_dim: prototypes of the DINO head (its output width)
+        hidden_dim: hidden width of the head
+        bottleneck_dim: bottleneck width before the weight-normalised last layer
+        n_global: global crops (the teacher sees only these)
+        student_temp: student softmax temperature
+        teacher_temp: teacher softmax temperature after warmup
+        warmup_teacher_temp: teacher temperature at the start
+        teacher_temp_warmup: share of training over which the teacher temperature warms up
+        center_momentum: EMA momentum of the teacher-output centre
+        momentum: starting EMA momentum of the teacher (rises to 1 on a cosine)
+    """
 
     batch_keys = ("views",)
 

@@ -66,7 +66,16 @@ def standardise_tiles(tiles: torch.Tensor, eps: float = 1e-2) -> torch.Tensor:
 
 
 class Jigsaw(nn.Module):
-    """backbone `[B*T,3,s,s] -> [B*T, D]` per tile; classifier `T*D -> n_perms`; batch `image`."""
+    """backbone `[B*T,3,s,s] -> [B*T, D]` per tile; classifier `T*D -> n_perms`; batch `image`.
+
+    Args:
+        grid: tiles per side (grid x grid tiles)
+        n_perms: permutations in the set (chosen for maximal Hamming distance)
+        tile_size: side each tile is resized to before the encoder
+        crop: share of each cell cropped, so tiles share no edge
+        hidden_dim: hidden width of the permutation classifier
+        tile_norm: standardise each tile on its own (the paper's guard against low-level shortcuts)
+    """
 
     batch_keys = ("image",)
 

@@ -18,7 +18,15 @@ from ..models.vit import ViT, blocks, sincos_2d
 
 
 class MAE(nn.Module):
-    """encoder: a `models.vit.ViT`; batch `image` [B, C, S, S] -> loss on [B, (S/p)^2, p*p*C] patches."""
+    """encoder: a `models.vit.ViT`; batch `image` [B, C, S, S] -> loss on [B, (S/p)^2, p*p*C] patches.
+
+    Args:
+        decoder_dim: decoder token width
+        decoder_depth: decoder blocks
+        decoder_heads: decoder attention heads
+        mask_ratio: share of patches hidden from the encoder
+        norm_pix: targets are per-patch normalised pixels
+    """
 
     batch_keys = ("image",)
 

@@ -42,7 +42,18 @@ from ..optim import cosine_schedule
 
 
 class MoCo(nn.Module):
-    """backbone `[B,3,H,W] -> [B, D]`; batch `views` (2 x [B,3,H,W])."""
+    """backbone `[B,3,H,W] -> [B, D]`; batch `views` (2 x [B,3,H,W]).
+
+    Args:
+        version: v2: queue of past keys as negatives; v3: in-batch negatives and a predictor
+        proj_dim: projection width
+        hidden_dim: hidden width of the projector (and v3's predictor)
+        temperature: InfoNCE temperature
+        queue_size: v2: past keys kept as negatives
+        momentum: starting EMA momentum of the key encoder (rises to 1 on a cosine)
+        bn_groups: v2 shuffling BN: sub-batches with their own BatchNorm statistics
+        symmetric: v2: also query view 2 against view 1's keys, and average
+    """
 
     batch_keys = ("views",)
 

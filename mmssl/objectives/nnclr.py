@@ -26,7 +26,15 @@ def nearest_neighbour(z: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
 
 
 class NNCLR(nn.Module):
-    """backbone `[B,3,H,W] -> [B, D]`; projector and predictor `-> proj_dim`; batch `views`."""
+    """backbone `[B,3,H,W] -> [B, D]`; projector and predictor `-> proj_dim`; batch `views`.
+
+    Args:
+        proj_dim: projection width
+        hidden_dim: hidden width of the projector
+        pred_hidden_dim: hidden width of the predictor
+        temperature: InfoNCE temperature
+        queue_size: support set of past projections the nearest neighbour is taken from
+    """
 
     batch_keys = ("views",)
 

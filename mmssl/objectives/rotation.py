@@ -24,7 +24,11 @@ def rotations(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Rotation(nn.Module):
-    """backbone `[B,3,S,S] -> [B, D]`; classifier MLP `D -> 4`; batch `image`."""
+    """backbone `[B,3,S,S] -> [B, D]`; classifier MLP `D -> 4`; batch `image`.
+
+    Args:
+        hidden_dim: hidden width of the 4-way rotation classifier
+    """
 
     batch_keys = ("image",)
 

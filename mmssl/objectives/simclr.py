@@ -17,7 +17,13 @@ from ..models.heads import mlp
 
 
 class SimCLR(nn.Module):
-    """backbone `[B,3,H,W] -> [B, D]`; projector MLP `D -> hidden -> proj_dim`; batch `views` (2 x [B,3,H,W])."""
+    """backbone `[B,3,H,W] -> [B, D]`; projector MLP `D -> hidden -> proj_dim`; batch `views` (2 x [B,3,H,W]).
+
+    Args:
+        proj_dim: width of the projection the loss compares
+        hidden_dim: hidden width of the 2-layer projector
+        temperature: NT-Xent temperature
+    """
 
     batch_keys = ("views",)
 

@@ -21,7 +21,14 @@ from ..models.heads import mlp
 
 
 class SimSiam(nn.Module):
-    """backbone `[B,3,H,W] -> [B, D]`; 3-layer projector `-> proj_dim`; predictor `proj_dim -> pred_dim -> proj_dim`."""
+    """backbone `[B,3,H,W] -> [B, D]`; 3-layer projector `-> proj_dim`; predictor `proj_dim -> pred_dim -> proj_dim`.
+
+    Args:
+        proj_dim: projection width
+        pred_dim: bottleneck width of the predictor
+        predictor_lr_mult: predictor learning rate / encoder learning rate
+        predictor_fixed_lr: the predictor's rate stays at its base value instead of following the schedule (the paper's)
+    """
 
     batch_keys = ("views",)
 

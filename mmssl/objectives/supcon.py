@@ -17,7 +17,13 @@ from ..models.heads import mlp
 
 
 class SupCon(nn.Module):
-    """backbone `[B,3,H,W] -> [B, D]`; projector `-> proj_dim`; batch `views` (2 x [B,3,H,W]) and `label` [B]."""
+    """backbone `[B,3,H,W] -> [B, D]`; projector `-> proj_dim`; batch `views` (2 x [B,3,H,W]) and `label` [B].
+
+    Args:
+        proj_dim: width of the projection the loss compares
+        hidden_dim: hidden width of the 2-layer projector
+        temperature: supervised-contrastive temperature
+    """
 
     batch_keys = ("views", "label")
 

@@ -21,7 +21,20 @@ from ..models.queue import FeatureQueue
 
 
 class SwAV(nn.Module):
-    """backbone `[B,3,H,W] -> [B, D]`; projector `-> proj_dim`; K prototypes; batch `views` (global crops first)."""
+    """backbone `[B,3,H,W] -> [B, D]`; projector `-> proj_dim`; K prototypes; batch `views` (global crops first).
+
+    Args:
+        proj_dim: projection width
+        hidden_dim: hidden width of the projector
+        n_prototypes: prototypes (clusters)
+        n_global: global crops (their codes are the targets)
+        temperature: softmax temperature of the prototype scores
+        epsilon: Sinkhorn entropy regularisation
+        sinkhorn_iters: Sinkhorn-Knopp iterations
+        queue_size: past projections added to the codes' batch (0: none)
+        queue_start: share of training after which the queue is used
+        freeze_prototypes: share of training with the prototypes held fixed
+    """
 
     batch_keys = ("views",)
 

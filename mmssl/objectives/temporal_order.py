@@ -96,7 +96,14 @@ def sort_tuples(idx4: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class TemporalOrder(nn.Module):
-    """frame_encoder: [N, C, H, W] -> [N, D] with `.out_dim`; batch `video` [B, T, C, H, W]."""
+    """frame_encoder: [N, C, H, W] -> [N, D] with `.out_dim`; batch `video` [B, T, C, H, W].
+
+    Args:
+        task: verify: is this frame order correct (Shuffle and Learn); sort: which of the orders is it
+        hidden_dim: hidden width of the order classifier
+        eval_frames: frames per clip whose features probes read
+        fusion: how frame features are combined: pairwise differences (O3N) or concatenation
+    """
 
     batch_keys = ("video",)
 

@@ -16,7 +16,15 @@ from ..models.heads import mlp
 
 
 class VICReg(nn.Module):
-    """backbone `[B,3,H,W] -> [B, D]`; 3-layer expander `-> proj_dim`; batch `views`."""
+    """backbone `[B,3,H,W] -> [B, D]`; 3-layer expander `-> proj_dim`; batch `views`.
+
+    Args:
+        proj_dim: projector output width
+        hidden_dim: hidden width of the 3-layer projector
+        sim_weight: weight of the invariance (MSE) term
+        var_weight: weight of the variance term
+        cov_weight: weight of the covariance term
+    """
 
     batch_keys = ("views",)
 
