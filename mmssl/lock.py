@@ -1,11 +1,14 @@
 """One writer per output folder: an exclusive, self-releasing lock on `FOLDER/.lock`.
 
-The lock is `fcntl.flock` on a file inside the folder, so the kernel releases it when the holder
-dies, however it dies: a lock left by a dead process is simply taken over. The file records the
+The lock is a POSIX record lock (`fcntl.lockf`) on a file inside the folder, so the kernel releases
+it when the holder dies, however it dies: a lock left by a dead process is simply taken over. Unlike
+`flock`, it is not shared with forked children (data-loader and encoding workers), so a killed
+writer's workers, which live on for a moment, do not keep its folder locked. The file records the
 holder (pid, host, command, start time) only to name it in the refusal.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -33,8 +36,11 @@ class FolderLock:
         path = self.folder / LOCK_NAME
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exn:
+            if exn.errno not in (errno.EACCES, errno.EAGAIN):
+                os.close(fd)
+                raise
             holder = _describe(os.pread(fd, 4096, 0))
             os.close(fd)
             raise FolderLocked(f"{self.folder} is being written by another {self.what} ({holder}); "
@@ -48,7 +54,7 @@ class FolderLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock; the file stays, naming the last holder
+            os.close(self._fd)  # closing drops the lock; the file stays, naming the last holder
             self._fd = None
 
     def __enter__(self) -> FolderLock:

@@ -78,4 +78,5 @@ def test_readme_own_data_then_transformers_only_clip(stamp_tree, tmp_path):
     model = load_clip_run(run, cfg)
     image = model.image_embed(eval_transform(cfg["image_size"])(decode_image(photo.read_bytes())).unsqueeze(0))
     ours = (image @ model.text_embed(["a photo of a koala"]).T).item()
-    assert abs(theirs - ours) < 1e-4, (theirs, ours)
+    # transformers' resize rounds some pixels one level of 255 away from Pillow's: close, not equal.
+    assert abs(theirs - ours) < 1e-3, (theirs, ours)
