@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .config import ConfigError
 from .data.reader import read_segment
-from .data.shards import DataSpecError, Segment, resolve_sources
+from .data.shards import DataSpecError, Segment, resolve_sources, split_of_name
 
 # Tasks that score predictions against integer labels (`cls`) or against label names.
 NEEDS_LABELS = {"knn", "linear", "zero-shot"}
@@ -41,26 +41,14 @@ def check_source(spec, split: str, key: str):
         raise DataSpecError(f"{key}: {exn}{more}") from None
 
 
-def has_labels(spec, split: str) -> bool:
-    """The split's samples carry integer labels: the manifest lists label names, or the first
-    sample of its first shard has a `cls` member."""
-    source = resolve_sources(spec, split)[0]
+def has_labels(source) -> bool:
+    """A resolved source's samples carry integer labels: its manifest lists label names, or the
+    first sample of its first shard has a `cls` member."""
     if source.labels:
         return True
     for sample in read_segment(Segment(source.urls[0], 0, 1), {"cls"}, lambda *a: None):
         return "cls" in sample
     return False
-
-
-def label_names(spec, split: str) -> list[str]:
-    return resolve_sources(spec, split)[0].labels
-
-
-def one_split_folder(spec, split: str) -> bool:
-    """A source whose shard names carry no split word: every split of it is the same shards."""
-    from .data.shards import split_of_name
-
-    return all(split_of_name(u) is None for u in resolve_sources(spec, split)[0].urls)
 
 
 def check_training_data(cfg: dict) -> None:
@@ -83,15 +71,15 @@ def plan_eval(cfg: dict, splits: tuple[str, ...], key: str = "eval_tasks", say=p
     if not val:
         cfg[key] = []
         return []
-    for split in dict.fromkeys(splits):
-        check_source(val, split, "data.val")
-    if val == cfg["data"]["train"] and one_split_folder(val, splits[0]):
+    # Each split is resolved once: a folder without a manifest is counted by scanning its tars.
+    sources = {split: check_source(val, split, "data.val")[0] for split in dict.fromkeys(splits)}
+    if val == cfg["data"]["train"] and all(split_of_name(u) is None for u in sources[splits[0]].urls):
         raise ConfigError(f"data.val is data.train ({val}), whose shards are one split: evaluation would score "
                           "the training samples; give data.val a held-out folder (make_shards writes one with "
                           "--val-fraction)")
     tasks = list(cfg[key])
-    labelled = all(has_labels(val, s) for s in dict.fromkeys(splits))
-    named = bool(label_names(val, splits[0]))
+    labelled = all(has_labels(src) for src in sources.values())
+    named = bool(sources[splits[0]].labels)
     missing = [t for t in tasks if t in NEEDS_LABELS and not (named if t == "zero-shot" else labelled)]
     if missing:
         what = "label names (a manifest 'labels' list)" if missing == ["zero-shot"] else "labels (cls members)"
@@ -108,6 +96,5 @@ def plan_eval(cfg: dict, splits: tuple[str, ...], key: str = "eval_tasks", say=p
 def check_probe(data: str, split: str, train_split: str, key: str) -> None:
     """A labelled probe set (AVC's audio probe, CPC's probes) exists and has labels, before training."""
     for s in dict.fromkeys((split, train_split)):
-        check_source(data, s, key)
-        if not has_labels(data, s):
+        if not has_labels(check_source(data, s, key)[0]):
             raise ConfigError(f"{key}: {data} split '{s}' has no labels (cls members) to probe with")

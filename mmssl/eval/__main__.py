@@ -50,13 +50,12 @@ def main(argv=None) -> int:
         model = BackboneEval(build_encoder({"name": str(args.run_dir / "encoder"), "freeze": True}), args.stage)
     else:
         raise ConfigError(f"{args.run_dir}/encoder holds no model this evaluator knows")
-    from ..preflight import NEEDS_LABELS, check_source, has_labels, label_names
+    from ..preflight import NEEDS_LABELS, check_source, has_labels
 
     splits = (args.split, "train") if {"knn", "linear"} & set(args.task) else (args.split,)
-    for split in dict.fromkeys(splits):
-        check_source(args.data, split, "--data")
+    sources = [check_source(args.data, split, "--data")[0] for split in dict.fromkeys(splits)]
     unlabelled = [t for t in args.task if t in NEEDS_LABELS and not (
-        label_names(args.data, args.split) if t == "zero-shot" else all(has_labels(args.data, s) for s in splits))]
+        sources[0].labels if t == "zero-shot" else all(has_labels(src) for src in sources))]
     if unlabelled:
         raise ConfigError(f"--task {unlabelled[0]} needs labels, and {args.data} has none; "
                           "on unlabelled captions use --task retrieval")
