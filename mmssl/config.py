@@ -29,8 +29,11 @@ class Key:
     """One config key, written once: its default, a one-line help, and what its value may be.
 
     `choices` lists the allowed values (for a list default: the allowed values of each element);
-    `min` is an inclusive and `above` an exclusive lower bound. A defaults dict holds a `Key`
-    wherever it has more to say than a bare default; `merge` checks every one of them.
+    `min` is an inclusive and `above` an exclusive lower bound. `follows` names another key whose
+    value this one keeps when it had that value: where a layer (the YAML file, the command line) sets
+    `data.train` and not `data.val`, a `data.val` that was the same folder stays the same folder, so
+    the user's data is evaluated on, not the demo's. A defaults dict holds a `Key` wherever it has
+    more to say than a bare default; `merge` checks every one of them.
     """
 
     default: object
@@ -38,12 +41,15 @@ class Key:
     choices: tuple = ()
     min: float | None = None
     above: float | None = None
+    follows: str | None = None
 
 
 class Config(dict):
-    """A merged config (a plain dict) that remembers which dotted keys the user set."""
+    """A merged config (a plain dict) that remembers which dotted keys the user set, and which took
+    the value of the key they follow (`Key.follows`)."""
 
     explicit: frozenset = frozenset()
+    followed: frozenset = frozenset()
 
 
 def constructor_keys(cls, **defaults) -> dict[str, Key]:
@@ -207,22 +213,33 @@ def merge(defaults: dict, file_values: dict | None = None, overrides: list[str] 
     defaults = plain(defaults)
     cfg = Config(copy.deepcopy(defaults))
     flat_defaults = _flatten(defaults)
-    explicit = set()
-    for key, value in _flatten(file_values or {}).items():
-        _set(cfg, key, value, flat_defaults)
-        explicit.add(key)
+    layers = [_flatten(file_values or {})]
+    overrides_layer = {}
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            overrides_layer[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
-            value = raw
-        _set(cfg, key.strip(), value, flat_defaults)
-        explicit.add(key.strip())
+            overrides_layer[key.strip()] = raw
+    layers.append(overrides_layer)
+    follows = {k: key.follows for k, key in keys_of(schema).items() if key.follows}
+    explicit, followed = set(), set()
+    for layer in layers:
+        # A follower equal to its leader before this layer, not set by it, takes the leader's new value.
+        same = {k for k, lead in follows.items() if k not in layer and lead in layer and get(cfg, k) == get(cfg, lead)}
+        for key, value in layer.items():
+            _set(cfg, key, value, flat_defaults)
+            explicit.add(key)
+            followed.discard(key)
+        for k in same:
+            _set(cfg, k, copy.deepcopy(get(cfg, follows[k])), flat_defaults)
+            followed.add(k)
+            explicit.discard(k)
     check_values(cfg, schema)
     cfg.explicit = frozenset(explicit)
+    cfg.followed = frozenset(followed)
     return cfg
 
 

@@ -61,7 +61,28 @@ def check_training_data(cfg: dict) -> None:
 
     check_run_dir(cfg)
     check_source(cfg["data"]["train"], "train", "data.train")
+    follow_train(cfg)
     set_seed(cfg["seed"])
+
+
+def follow_train(cfg: dict, say=print) -> None:
+    """data.val that followed the user's data.train (`Key.follows`) is scored on its `eval_split`;
+    where that folder has no such held-out split, evaluation is skipped, said in one line, rather
+    than scoring the training samples."""
+    data = cfg["data"]
+    if "data.val" not in getattr(cfg, "followed", ()) or not data["val"]:
+        return
+    split = cfg.get("eval_split", "val")
+    try:
+        urls = [u for src in resolve_sources(data["val"], split) for u in src.urls]
+    except DataSpecError:
+        urls = []
+    if urls and all(split_of_name(u) == split for u in urls):
+        say(f"data.val follows data.train: evaluating on its '{split}' split")
+        return
+    data["val"] = ""
+    say(f"data.train ({data['train']}) has no held-out '{split}' split, and data.val is not set: no evaluation "
+        "(make_shards writes one with --val-fraction; or set data.val)")
 
 
 def plan_eval(cfg: dict, splits: tuple[str, ...], key: str = "eval_tasks", say=print) -> list[str]:

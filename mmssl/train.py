@@ -51,7 +51,8 @@ TRAIN_DEFAULTS = {
     "num_workers": Key(2, "data-loader worker processes per process", min=0),
     "data": {
         "train": Key("shards/default_images", "training shards: a make_shards folder, a folder of tars, a pattern"),
-        "val": Key("", "evaluation shards ('' skips evaluation)"),
+        "val": Key("", "evaluation shards ('' skips evaluation); where it was data.train's folder, setting only "
+                   "data.train moves it too, scored on that folder's held-out split", follows="data.train"),
         "shuffle_buffer": Key(1000, "samples in each worker's shuffle buffer", min=0),
     },
 }

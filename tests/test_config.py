@@ -91,3 +91,42 @@ def test_empty_eval_tasks_measure_nothing_and_read_nothing():
     from mmssl.eval.tasks import run_tasks
 
     assert run_tasks(object(), [], "no/such/shards") == {}
+
+
+def test_data_val_follows_data_train_where_it_was_the_same_folder():
+    from mmssl.train import TRAIN_DEFAULTS
+    from mmssl.config import set_defaults
+
+    same = set_defaults(TRAIN_DEFAULTS, {"data": {"train": "shards/demo", "val": "shards/demo"}})
+    cfg = merge(same, None, ["data.train=/mine"])
+    assert cfg["data"]["val"] == "/mine" and cfg.followed == {"data.val"} and "data.val" not in cfg.explicit
+    # A YAML that names both, then only data.train on the command line: still the same folder.
+    cfg = merge(same, {"data": {"train": "/a", "val": "/a"}}, ["data.train=/b"])
+    assert cfg["data"]["val"] == "/b"
+    # Set by the user in any layer, or a different folder (or none) before: left alone.
+    assert merge(same, None, ["data.train=/mine", "data.val=/held"])["data"]["val"] == "/held"
+    assert merge(same, {"data": {"val": "/held"}}, ["data.train=/mine"])["data"]["val"] == "/held"
+    assert merge(TRAIN_DEFAULTS, None, ["data.train=/mine"])["data"]["val"] == ""
+    cfg = merge(same, {"data": {"train": "/a", "val": "/v"}}, ["data.train=/b"])
+    assert cfg["data"]["val"] == "/v" and not cfg.followed
+
+
+def test_a_followed_data_val_without_a_held_out_split_skips_evaluation(image_shards, tmp_path):
+    """The user's folder from make_shards has a val split: it is scored. A folder of tars whose names
+    say no split (img2dataset's 00000.tar) is the training set itself: evaluation is skipped."""
+    from mmssl.preflight import follow_train
+    from mmssl.train import TRAIN_DEFAULTS
+    from mmssl.config import set_defaults
+
+    same = set_defaults(TRAIN_DEFAULTS, {"data": {"train": "shards/demo", "val": "shards/demo"}})
+    said = []
+    cfg = merge(same, None, [f"data.train={image_shards}"])
+    follow_train(cfg, said.append)
+    assert cfg["data"]["val"] == str(image_shards) and said == ["data.val follows data.train: evaluating on its "
+                                                                "'val' split"]
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "00000.tar").write_bytes(next(image_shards.glob("train-*.tar")).read_bytes())
+    cfg = merge(same, None, [f"data.train={flat}"])
+    follow_train(cfg, said.append)
+    assert cfg["data"]["val"] == "" and said[-1].startswith(f"data.train ({flat}) has no held-out 'val' split")

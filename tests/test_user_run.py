@@ -117,8 +117,10 @@ def test_no_argument_on_a_fresh_clone_names_the_command_that_makes_the_data(tmp_
 # ---- evaluation that follows the data -----------------------------------------------------------
 def test_clip_on_an_unlabelled_captions_corpus_evaluates_retrieval_and_saves(unlabelled_captions, tmp_path):
     out = tmp_path / "clip"
+    # Only data.train is given: the evaluation follows it to its held-out split, not the demo folder.
     proc = run("clip.py", "--config", str(ROOT / "recipes/configs/clip_demo.yaml"), f"data.train={unlabelled_captions}",
-               f"data.val={unlabelled_captions}", f"output_dir={out}", *TINY_CLIP)
+               f"output_dir={out}", *TINY_CLIP)
+    assert "data.val follows data.train: evaluating on its 'val' split" in proc.stdout
     assert "has no label names (a manifest 'labels' list): skipping zero-shot; evaluating retrieval" in proc.stdout
     final = [r for r in records(out) if r.get("event") == "eval"][-1]
     assert "image_to_text_R@1" in final and "zero_shot_top1" not in final
@@ -144,7 +146,7 @@ def test_an_image_recipe_on_the_users_folder_with_default_splits(stamp_tree, tmp
     shards = tmp_path / "mine"
     make_shards("images", stamp_tree, shards)
     out = tmp_path / "simclr"
-    run("simclr.py", f"data.train={shards}", f"data.val={shards}", f"output_dir={out}", "max_steps=2",
+    run("simclr.py", f"data.train={shards}", f"output_dir={out}", "max_steps=2",
         "batch_size=8", "num_workers=0", "tensorboard=false", "simclr.hidden_dim=64")
     final = [r for r in records(out) if r.get("event") == "eval"][-1]
     assert {"knn_top1@20", "linear_top1"} <= set(final) and (out / "encoder" / "config.json").exists()
