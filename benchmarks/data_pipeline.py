@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import subprocess
@@ -166,15 +165,10 @@ def main() -> int:
     for name, ours, base, what in rows:
         print(f"{name:30s} {ours:9.1f} {base:11.1f} {ours / base:6.2f}  {what}")
     if args.out:
-        import json
+        from record import write_record
 
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        record = {"command": " ".join(["python", "benchmarks/data_pipeline.py", *sys.argv[1:]]),
-                  "commit": commit.stdout.strip(), "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
-                  "rows": [{"measurement": n, "ours_per_s": round(o, 1), "baseline_per_s": round(b, 1),
-                            "ratio": round(o / b, 3), "baseline": w} for n, o, b, w in rows]}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=1) + "\n")
+        write_record(args.out, rows=[{"measurement": n, "ours_per_s": round(o, 1), "baseline_per_s": round(b, 1),
+                                      "ratio": round(o / b, 3), "baseline": w} for n, o, b, w in rows])
     return 0
 
 

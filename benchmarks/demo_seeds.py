@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from record import write_record
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "shards" / "default_images"
 
@@ -59,12 +61,7 @@ def main() -> int:
         values = [r[k] for r in rows]
         spread[k] = {"min": min(values), "mean": statistics.mean(values), "max": max(values)}
         print(f"{k:22s} {100 * min(values):6.1f}% {100 * statistics.mean(values):6.1f}% {100 * max(values):6.1f}%")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    record = {"command": " ".join(["python", "benchmarks/demo_seeds.py", *sys.argv[1:]]),
-              "commit": commit.stdout.strip(), "date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(),
-              "runs": rows, "spread": spread}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    write_record(args.out, runs=rows, spread=spread)
     return 0
 
 

@@ -253,21 +253,32 @@ def videomae_loss(pred: torch.Tensor, tubelets: torch.Tensor, mask: torch.Tensor
     return (pred - target).pow(2).mean()
 
 
-def cpc_loss(z: torch.Tensor, predictions: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def cpc_loss(z: torch.Tensor, predictions: list[torch.Tensor],
+             valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """CPC's InfoNCE over future steps (van den Oord et al. 2018, https://arxiv.org/abs/1807.03748).
 
     z [B, T, D] encoded steps; predictions[k-1] [B, T-k, D] = W_k c_t for t < T-k, the guesses of
     z_{t+k}. For each k, the guess for (b, t) scores every z_{b', t'+k} in the batch by a dot
     product; its own target z_{b, t+k} is the positive and the other B(T-k) - 1 (other time steps of
-    its sequence and of the other sequences) are negatives. Returns (the mean over k of the mean
+    its sequence and of the other sequences) are negatives. `valid` bool [B, T] (a prefix of each
+    row: the steps that hold signal, not padding) keeps only valid targets, as positives and as
+    negatives, and only the guesses of valid targets. Returns (the mean over k of the mean
     cross-entropy, the mean top-1 accuracy of picking the positive).
     """
     losses, accs = [], []
     b, t, d = z.shape
     for k, pred in enumerate(predictions, start=1):
-        targets = z[:, k:].reshape(-1, d)  # [B(T-k), D]
-        logits = pred.reshape(-1, d) @ targets.t()
+        targets, guesses = z[:, k:], pred
+        if valid is not None:
+            keep = valid[:, k:]
+            if not keep.any():
+                continue
+            targets, guesses = targets[keep], guesses[keep]
+        targets, guesses = targets.reshape(-1, d), guesses.reshape(-1, d)  # [N, D]
+        logits = guesses @ targets.t()
         labels = torch.arange(targets.shape[0], device=z.device)
         losses.append(F.cross_entropy(logits, labels))
         accs.append((logits.argmax(1) == labels).float().mean())
+    if not losses:
+        raise ValueError(f"CPC: no sequence in the batch has more than 1 valid step of {t}")
     return torch.stack(losses).mean(), torch.stack(accs).mean()

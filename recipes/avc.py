@@ -99,7 +99,7 @@ def main(argv) -> int:
                                     cfg["eval_split"], cfg["image_size"], audio_field(cfg, False)))
         if cfg["probe"]["data"]:
             p = cfg["probe"]
-            out.update(audio_probes(lambda m: model.audio(m.to(device)), p["data"], p["split"], audio_field(cfg, False),
+            out.update(audio_probes(lambda m, _: model.audio(m.to(device)), p["data"], p["split"], audio_field(cfg, False),
                                     p["train_split"]))
         return out
 

@@ -36,7 +36,9 @@ DEFAULTS = set_defaults(TRAIN_DEFAULTS, {
     "input": Key("audio", "audio: waveform [B, samples]; video: clips [B, T, C, H, W]", choices=("audio", "video")),
     "audio": {"sample_rate": Key(16000, "waveforms are resampled to this rate", min=1),
               "seconds": Key(1.0, "length of the training crops", above=0),
-              "min_seconds": Key(0.1, "shorter sound is skipped (short_audio)", min=0)},
+              "min_seconds": Key(0.1, "shorter sound is skipped (short_audio)", min=0),
+              "trim_db": Key(40.0, "leading and trailing sound this far (dB) below the loudest 10 ms is cut "
+                                   "before windows are drawn (steps past the sound are masked out)", above=0)},
     "video": {"num_frames": Key(16, "frames per clip", min=1), "stride": Key(1, "frames between frames", min=1),
               "image_size": Key(64, "side of the square frames", min=8)},
     # `config` is free-form: wave_encoder takes {dim}, a transformers model its own config keys.
@@ -52,7 +54,7 @@ DEFAULTS = set_defaults(TRAIN_DEFAULTS, {
 def input_field(cfg: dict, train: bool):
     if cfg["input"] == "audio":
         a = cfg["audio"]
-        return AudioField(a["sample_rate"], a["seconds"], train=train, min_seconds=a["min_seconds"])
+        return AudioField(a["sample_rate"], a["seconds"], train=train, min_seconds=a["min_seconds"], trim_db=a["trim_db"])
     v = cfg["video"]
     return VideoField(v["num_frames"], v["stride"], v["image_size"], train=train)
 
@@ -81,8 +83,8 @@ def main(argv) -> int:
     def evaluate(model, step):
         device = next(model.parameters()).device
 
-        def features(x):
-            return model.features(x.to(device))
+        def features(x, samples=None):
+            return model.features(x.to(device), None if samples is None else samples.to(device))
 
         out = {}
         for p in cfg["probes"]:

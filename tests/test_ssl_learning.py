@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mmssl.collapse import COLLAPSE_THRESHOLD
-from mmssl.data import ImageField, LabelField, build_loader
+from mmssl.data import LabelField, build_loader
 from mmssl.models.encoders import build_encoder
 from mmssl.models.vit import ViT
 from mmssl.objectives.barlow_twins import BarlowTwins

@@ -4,7 +4,9 @@ Output `audio [samples]` at `sample_rate`, or with `n_mels` set, `mel [1, n_mels
 Bad input is skipped with a reason: `corrupt_audio`, `no_audio_track` (an mp4 without sound),
 `silent_audio` (peak below `silence_peak`), `short_audio` (shorter than `min_seconds`).
 Clips longer than `seconds` are cropped (random start in training, centre otherwise); shorter ones
-are zero-padded at the end.
+are zero-padded at the end. With `trim_db`, leading and trailing silence (10 ms frames more than
+`trim_db` below the loudest frame) is cut first, so a window starts at the sound. Waveform output
+also carries `audio_samples`, the number of real samples before the padding.
 """
 from __future__ import annotations
 
@@ -57,9 +59,11 @@ class AudioField:
     """Audio member (or the mp4's audio track) -> fixed-length `audio` or `mel`."""
 
     def __init__(self, sample_rate=16000, seconds=2.0, train=True, from_video=True, min_seconds=0.1,
-                 silence_peak=1e-4, n_mels: int | None = None, spec_augment=False, out_key=None):
+                 silence_peak=1e-4, n_mels: int | None = None, spec_augment=False, out_key=None,
+                 trim_db: float | None = None):
         self.sample_rate, self.length = sample_rate, int(round(seconds * sample_rate))
         self.train, self.min_seconds, self.silence_peak = train, min_seconds, silence_peak
+        self.trim_db = trim_db
         self.extensions = AUDIO_EXTENSIONS + (("mp4",) if from_video else ())
         self.logmel = LogMel(sample_rate, n_mels, spec_augment=spec_augment and train) if n_mels else None
         self.out_key = out_key or ("mel" if n_mels else "audio")
@@ -99,9 +103,24 @@ class AudioField:
             wave = torch.nn.functional.pad(wave, (0, self.length - wave.numel()))
         return self.logmel(wave) if self.logmel is not None else wave
 
+    def trim(self, wave: torch.Tensor) -> torch.Tensor:
+        """`wave` from its first to its last 10 ms frame within `trim_db` of the loudest frame."""
+        hop = max(1, self.sample_rate // 100)
+        frames = wave[: wave.numel() // hop * hop].view(-1, hop)
+        if frames.shape[0] == 0:
+            return wave
+        rms = frames.pow(2).mean(1).sqrt()
+        loud = (rms >= rms.max() * 10 ** (-self.trim_db / 20)).nonzero().flatten()
+        return wave[int(loud[0]) * hop : (int(loud[-1]) + 1) * hop]
+
     def decode(self, sample: dict) -> dict:
         key = sample["__key__"]
         wave = self.load(sample)
         self.check(wave, key)
+        if self.trim_db is not None:
+            wave = self.trim(wave)
         extra = max(0, wave.numel() - self.length)
-        return {self.out_key: self.window(wave, randint(extra + 1) if self.train else extra // 2)}
+        out = {self.out_key: self.window(wave, randint(extra + 1) if self.train else extra // 2)}
+        if self.logmel is None:
+            out[f"{self.out_key}_samples"] = min(wave.numel(), self.length)
+        return out

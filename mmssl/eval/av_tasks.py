@@ -31,12 +31,13 @@ def av_retrieval(pair_scores, data: str, split: str, image_size: int, audio: Aud
 @torch.no_grad()
 def audio_probes(features, data: str, split: str, audio: AudioField, train_split: str = "train",
                  batch_size: int = 64) -> dict:
-    """features(x [B, ...]) -> [B, D] on the field's output; kNN and linear probe of the labels of
-    `split`, with `train_split` as bank and training set."""
+    """features(x [B, ...], samples [B] or None) -> [B, D] on the field's output (`samples`: the real
+    samples of each waveform window before padding; None for log-mels); kNN and linear probe of the
+    labels of `split`, with `train_split` as bank and training set."""
     def extract_split(which):
         loader = build_loader(data, [audio, LabelField()], batch_size, split=which, shuffle=False, drop_last=False,
                               num_workers=0, rank=0, world_size=1)
-        return extract(loader, lambda b: features(b[audio.out_key]))
+        return extract(loader, lambda b: features(b[audio.out_key], b.get(f"{audio.out_key}_samples")))
 
     test, train = extract_split(split), extract_split(train_split)
     return {"audio_eval_samples": len(test["key"]),

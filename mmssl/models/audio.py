@@ -50,27 +50,46 @@ class LogMelCNN(nn.Module):
         _save(self, directory, "mmssl_logmel_cnn", self.config)
 
 
+class ChannelNorm(nn.Module):
+    """Normalises each time step over its channels, with a learned per-channel scale and shift:
+    `[B, C, T] -> [B, C, T]`. Unlike GroupNorm(1, C), which also pools over time, step t sees only
+    itself, so an encoder built of these stays causal (CPC_audio's ChannelNorm)."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.transpose(1, 2)).transpose(1, 2)
+
+
 class WaveEncoder(nn.Module):
     """CPC's g_enc (van den Oord et al. 2018, https://arxiv.org/abs/1807.03748): five strided 1-D
-    convolutions (kernels 10, 8, 4, 4, 4; strides 5, 4, 2, 2, 2: about one vector per 160 samples,
-    10 ms at 16 kHz), each with GroupNorm and ReLU. `[B, samples] -> [B, steps, dim]` with
-    `sequence`, else the time average `[B, dim]`."""
+    convolutions (kernels 10, 8, 4, 4, 4; strides 5, 4, 2, 2, 2: one vector per `hop` = 160
+    samples, 10 ms at 16 kHz), each with a per-step ChannelNorm and ReLU. `[B, samples] -> [B, steps,
+    dim]` with `sequence`, else the time average `[B, dim]`.
+
+    Causal: every convolution is padded on the left only, so step t depends on samples before
+    (t + 1) * hop and on nothing later; CPC's prediction task is trivial otherwise. The waveform is
+    not rescaled per clip (a whole-clip statistic would leak the future); the first ChannelNorm
+    makes each step independent of the recording level.
+    """
 
     KERNELS, STRIDES = (10, 8, 4, 4, 4), (5, 4, 2, 2, 2)
+    hop = 160
 
     def __init__(self, dim: int = 512):
         super().__init__()
         self.config = {"dim": dim}
         layers, c = [], 1
         for k, s in zip(self.KERNELS, self.STRIDES):
-            layers += [nn.Conv1d(c, dim, k, stride=s, padding=(k - s) // 2), nn.GroupNorm(1, dim), nn.ReLU(inplace=True)]
+            layers += [nn.ConstantPad1d((k - s, 0), 0.0), nn.Conv1d(c, dim, k, stride=s), ChannelNorm(dim),
+                       nn.ReLU(inplace=True)]
             c = dim
         self.net = nn.Sequential(*layers)
         self.out_dim = dim
 
     def sequence(self, wave: torch.Tensor) -> torch.Tensor:
-        # Per-clip standardisation: recordings differ in level by orders of magnitude.
-        wave = (wave - wave.mean(1, keepdim=True)) / (wave.std(1, keepdim=True) + 1e-5)
         return self.net(wave.unsqueeze(1)).transpose(1, 2)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,11 @@ batch: its own future is the positive, other time steps and other sequences are 
 The same objective runs on audio (g_enc = `models.audio.WaveEncoder` on raw waveform, one step
 per 10 ms) and on video (g_enc = `FrameSequence`: an image encoder on every frame). Features for
 probes are the contexts c_t averaged over time, as the paper's linear probes use c.
+
+Audio windows carry `audio_samples`, the number of real samples before zero padding (the field
+trims leading and trailing silence first). Steps past it are padding: they are neither targets nor
+negatives, and the probe's average leaves them out; otherwise every padded step encodes the same
+vector, and a guess's positive equals its own sequence's negatives.
 """
 from __future__ import annotations
 
@@ -62,17 +67,40 @@ class CPC(nn.Module):
         c, _ = self.context(z)
         return z, c
 
+    def valid_steps(self, samples: torch.Tensor | None, steps: int) -> torch.Tensor | None:
+        """samples [B] real input samples -> bool [B, steps]: step t ends within them (None: all
+        steps are signal, as for video frames)."""
+        hop = getattr(self.backbone, "hop", None)
+        if samples is None or hop is None:
+            return None
+        ends = (torch.arange(steps, device=samples.device) + 1) * hop
+        return ends.unsqueeze(0) <= samples.unsqueeze(1)
+
     def forward(self, batch: dict, progress: float = 0.0) -> dict:
         z, c = self.encode(batch[self.key])
         t = z.shape[1]
         if t <= self.steps:
             raise ValueError(f"CPC needs sequences longer than cpc.steps={self.steps}; got {t} steps "
                              "(use longer clips or fewer steps)")
+        valid = self.valid_steps(batch.get(f"{self.key}_samples"), t)
         preds = [w(c[:, : t - k]) for k, w in enumerate(self.predictors, start=1)]
-        loss, acc = cpc_loss(z, preds)
-        return {"loss": loss, "acc": acc, "embed_std": embedding_std(c.mean(1))}
+        loss, acc = cpc_loss(z, preds, valid)
+        out = {"loss": loss, "acc": acc, "embed_std": embedding_std(self.pool(c, valid))}
+        if valid is not None:
+            out["valid_share"] = valid.float().mean()
+        return out
+
+    @staticmethod
+    def pool(seq: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """[B, T, D] -> [B, D]: the mean over the valid steps (all where `valid` is None)."""
+        if valid is None:
+            return seq.mean(1)
+        w = valid.unsqueeze(-1).to(seq.dtype)
+        return (seq * w).sum(1) / w.sum(1).clamp(min=1)
 
     @torch.no_grad()
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, ...] -> [B, context_dim]: the context c_t averaged over time."""
-        return self.encode(x)[1].mean(1)
+    def features(self, x: torch.Tensor, samples: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, ...] (and the real samples [B] of audio windows) -> [B, context_dim]: the context c_t
+        averaged over the steps that hold signal."""
+        c = self.encode(x)[1]
+        return self.pool(c, self.valid_steps(samples, c.shape[1]))
