@@ -233,24 +233,29 @@ def masked_patch_mse(pred: torch.Tensor, patches: torch.Tensor, mask: torch.Tens
     return (per_patch * mask).sum() / mask.sum()
 
 
-def videomae_loss(pred: torch.Tensor, tubelets: torch.Tensor, mask: torch.Tensor,
-                  norm_pix: bool = True) -> torch.Tensor:
-    """VideoMAE's reconstruction loss (Tong et al. 2022, https://arxiv.org/abs/2203.12602).
-
-    tubelets [B, L, t*p*p, C] pixels in [0, 1] (`models.masking.tubelet_patchify`); mask bool [B, L],
-    True = hidden; pred [B, M, t*p*p*C], the predictions for the M hidden tokens of each sample in
-    token order (M = L when nothing is hidden: then every token is reconstructed). With `norm_pix`
-    each tubelet is standardised per channel (mean and unbiased std over its t*p*p pixels, +1e-6),
-    as in the paper's code. Returns the mean squared error over hidden tokens.
-    """
+def videomae_targets(tubelets: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True,
+                     eps: float = 1e-6) -> torch.Tensor:
+    """VideoMAE's regression targets: tubelets [B, L, t*p*p, C] pixels in [0, 1]
+    (`models.masking.tubelet_patchify`), mask bool [B, L] (True = hidden) -> [B, M, t*p*p*C] for the
+    M hidden tokens of each sample in token order (all L when nothing is hidden). With `norm_pix`
+    each tubelet is standardised per channel: (x - mean) / (unbiased std + eps), as in the paper's
+    code with eps = 1e-6; a larger eps (in pixel units) keeps near-flat tubelets, whose variation is
+    8-bit quantisation and compression noise, from being blown up into unit-variance noise."""
     target = tubelets
     if norm_pix:
-        target = (target - target.mean(-2, keepdim=True)) / (target.var(-2, unbiased=True, keepdim=True).sqrt() + 1e-6)
+        target = (target - target.mean(-2, keepdim=True)) / (target.var(-2, unbiased=True, keepdim=True).sqrt() + eps)
     target = target.flatten(2)
-    b = target.shape[0]
     if mask.any():
-        target = target[mask].reshape(b, -1, target.shape[-1])
-    return (pred - target).pow(2).mean()
+        target = target[mask].reshape(target.shape[0], -1, target.shape[-1])
+    return target
+
+
+def videomae_loss(pred: torch.Tensor, tubelets: torch.Tensor, mask: torch.Tensor,
+                  norm_pix: bool = True, eps: float = 1e-6) -> torch.Tensor:
+    """VideoMAE's reconstruction loss (Tong et al. 2022, https://arxiv.org/abs/2203.12602): the mean
+    squared error of pred [B, M, t*p*p*C] to `videomae_targets(tubelets, mask, norm_pix, eps)`, over
+    the hidden tokens only."""
+    return (pred - videomae_targets(tubelets, mask, norm_pix, eps)).pow(2).mean()
 
 
 def cpc_loss(z: torch.Tensor, predictions: list[torch.Tensor],

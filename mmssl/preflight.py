@@ -60,6 +60,9 @@ def check_training_data(cfg: dict) -> None:
     from .train import check_run_dir
 
     check_run_dir(cfg)
+    betas = cfg.get("betas", [0.9, 0.999])
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        raise ConfigError(f"betas must be two numbers in [0, 1), as [0.9, 0.95]; got {betas}")
     check_source(cfg["data"]["train"], "train", "data.train")
     follow_train(cfg)
     set_seed(cfg["seed"])

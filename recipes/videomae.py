@@ -8,6 +8,8 @@ Keys: mmssl.recipe_video.VIDEO_DEFAULTS plus
   videomae.config      transformers VideoMAEConfig keys (ignored with init; frames and size come
                        from num_frames and image_size)
   videomae.mask_ratio  share of tube positions hidden (0.9)
+  videomae.norm_eps    added to each tubelet's std when targets are normalised (pixel units)
+  videomae.pool        probe features: time (per-slot means, in order) or tokens (one mean)
   reconstructions      held-out clips drawn at each evaluation (reconstructions/step_XXXXXXX.png)
 
 After training, `encoder/` holds the encoder as a transformers `VideoMAEModel` (AutoModel loads it)
@@ -21,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from mmssl.cli import run_main  # noqa: E402
-from mmssl.config import Key, set_defaults  # noqa: E402
+from mmssl.config import Key, constructor_keys, set_defaults  # noqa: E402
 from mmssl.data import VideoField, build_loader  # noqa: E402
 from mmssl.models.masking import tubelet_patchify, tubelet_unpatchify  # noqa: E402
 from mmssl.objectives.videomae import VideoMAE, load_videomae  # noqa: E402
@@ -31,13 +33,14 @@ DEFAULTS = set_defaults(VIDEO_DEFAULTS, {
     "output_dir": "runs/videomae",
     "videomae": {"init": Key("", "a VideoMAEForPreTraining Hub id or folder to start from ('': a fresh model)"),
                  "config": Key({}, "transformers VideoMAEConfig keys for a fresh model (hidden_size, patch_size, ...)"),
-                 "mask_ratio": Key(0.9, "share of tubes hidden from the encoder (the paper's 90%)", min=0)},
+                 **constructor_keys(VideoMAE)},
     "reconstructions": Key(4, "held-out clips drawn at each evaluation (reconstructions/step_XXXXXXX.png)", min=0)})
 
 
 def objective(cfg):
     v = cfg["videomae"]
-    return VideoMAE(load_videomae(v["init"], v["config"], cfg["num_frames"], cfg["image_size"]), v["mask_ratio"])
+    return VideoMAE(load_videomae(v["init"], v["config"], cfg["num_frames"], cfg["image_size"]),
+                    **{k: v[k] for k in constructor_keys(VideoMAE)})
 
 
 @torch.no_grad()
@@ -46,13 +49,13 @@ def reconstruction_clips(model: VideoMAE, video: torch.Tensor) -> torch.Tensor:
     reconstruction with the visible tubelets pasted back, in normalised units. Normalised
     predictions are put back in pixels with each target tubelet's own per-channel mean and std."""
     n, t, c, h, w = video.shape
-    _, pred, mask, _ = model.reconstruct(video)
+    _, pred, mask, _, _ = model.reconstruct(video)
     pixels = video * model.std + model.mean
     tubes = tubelet_patchify(pixels, model.tubelet, model.patch)  # [N, L, t*p*p, C]
     hidden = tubes[mask].reshape(n, -1, *tubes.shape[2:])
     pred = pred.reshape(hidden.shape[0], hidden.shape[1], -1, c)
     if model.norm_pix:
-        pred = pred * (hidden.var(-2, unbiased=True, keepdim=True).sqrt() + 1e-6) + hidden.mean(-2, keepdim=True)
+        pred = pred * (hidden.var(-2, unbiased=True, keepdim=True).sqrt() + model.norm_eps) + hidden.mean(-2, keepdim=True)
     filled, grey = tubes.clone(), tubes.clone()
     filled[mask] = pred.reshape(-1, *tubes.shape[2:]).clamp(0, 1)
     grey[mask] = 0.5

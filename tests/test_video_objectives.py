@@ -19,9 +19,9 @@ TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "in
         "decoder_intermediate_size": 32, "patch_size": 8, "tubelet_size": 2}
 
 
-def tiny_videomae(mask_ratio=0.9, frames=4, size=32) -> VideoMAE:
+def tiny_videomae(mask_ratio=0.9, frames=4, size=32, **kwargs) -> VideoMAE:
     torch.manual_seed(0)
-    return VideoMAE(load_videomae("", TINY, frames, size), mask_ratio)
+    return VideoMAE(load_videomae("", TINY, frames, size), mask_ratio, **kwargs)
 
 
 def test_tube_mask_hides_the_same_patches_in_every_frame():
@@ -48,7 +48,7 @@ def test_tubelets_follow_the_conv3d_token_order():
     assert torch.equal(tubelet_unpatchify(tubes, 2, 8, 4, 16, 24), video)
 
 
-def loop_videomae_loss(pred, video, mask, tubelet, patch):
+def loop_videomae_loss(pred, video, mask, tubelet, patch, eps=1e-6):
     """The paper's formula, one hidden tubelet at a time: per-channel standardised target, then
     the squared error averaged over hidden tubelets and their values."""
     b, t, c, h, w = video.shape
@@ -61,7 +61,7 @@ def loop_videomae_loss(pred, video, mask, tubelet, patch):
                 continue
             cube = video[i, ti * tubelet:(ti + 1) * tubelet, :, hi * patch:(hi + 1) * patch, wi * patch:(wi + 1) * patch]
             target = cube.permute(0, 2, 3, 1).reshape(-1, c)  # (u p q) x c
-            target = (target - target.mean(0)) / (target.std(0, unbiased=True) + 1e-6)
+            target = (target - target.mean(0)) / (target.std(0, unbiased=True) + eps)
             total += ((pred[i, j] - target.reshape(-1)) ** 2).sum()
             count += target.numel()
             j += 1
@@ -75,13 +75,17 @@ def test_videomae_loss_matches_a_loop_over_hidden_tubelets():
     pred = torch.randn(2, 6, 2 * 8 * 8 * 3)
     got = videomae_loss(pred, tubelet_patchify(video, 2, 8), mask)
     torch.testing.assert_close(got, loop_videomae_loss(pred, video, mask, 2, 8))
+    flat = video.clone()
+    flat[:, :, :, :8, :8] = 0.5 + 0.001 * torch.randn_like(flat[:, :, :, :8, :8])  # near-flat tubelets: noise
+    got = videomae_loss(pred, tubelet_patchify(flat, 2, 8), mask, eps=1 / 255)
+    torch.testing.assert_close(got, loop_videomae_loss(pred, flat, mask, 2, 8, eps=1 / 255))
 
 
 def test_videomae_loss_equals_transformers_pretraining_loss():
-    model = tiny_videomae(0.75)
+    model = tiny_videomae(0.75, norm_eps=1e-6)  # transformers keeps the paper's 1e-6
     video = torch.randn(2, 4, 3, 32, 32)
     torch.manual_seed(3)
-    loss, pred, mask, visible = model.reconstruct(video)
+    loss, pred, mask, visible, _ = model.reconstruct(video)
     ref = model.model(video, bool_masked_pos=mask)  # transformers' own forward, same mask
     torch.testing.assert_close(pred, ref.logits)
     torch.testing.assert_close(loss, ref.loss)
@@ -90,16 +94,22 @@ def test_videomae_loss_equals_transformers_pretraining_loss():
 def test_encoder_sees_only_visible_tokens_and_ratio_zero_reconstructs_all():
     model = tiny_videomae(0.9, frames=4, size=64)  # 2 temporal slots x 64 spatial patches
     video = torch.randn(2, 4, 3, 64, 64)
-    _, pred, mask, visible = model.reconstruct(video)
+    _, pred, mask, visible, _ = model.reconstruct(video)
     hidden = int(0.9 * 64)
     assert mask.sum(1).tolist() == [2 * hidden] * 2
     assert visible.shape == (2, 2 * (64 - hidden), 32)  # 14 tokens of 128 reach the encoder
     assert pred.shape == (2, 2 * hidden, 2 * 8 * 8 * 3)
-    loss, pred0, mask0, visible0 = model.reconstruct(video, 0.0)
+    loss, pred0, mask0, visible0, _ = model.reconstruct(video, 0.0)
     assert not mask0.any() and visible0.shape[1] == 128 and pred0.shape[1] == 128 and torch.isfinite(loss)
     out = model({"video": video})
     assert out["masked_share"] == pytest.approx(2 * hidden / 128)
-    assert model.video_features(video).shape == (2, 32)
+    # pool: time keeps the 2 temporal slots in order; tokens averages all 128.
+    tokens = model.backbone(video).last_hidden_state
+    torch.testing.assert_close(model.video_features(video), torch.cat([tokens[:, :64].mean(1), tokens[:, 64:].mean(1)], 1))
+    model.pool = "tokens"
+    torch.testing.assert_close(model.video_features(video), tokens.mean(1))
+    # The encoder ends in LayerNorm, as the paper's pre-training encoder (transformers' default drops it).
+    assert model.backbone.layernorm is not None
 
 
 def test_hugging_face_format_round_trip(tmp_path):
@@ -113,7 +123,7 @@ def test_hugging_face_format_round_trip(tmp_path):
     encoder = AutoModel.from_pretrained(str(tmp_path / "encoder")).eval()
     assert type(encoder).__name__ == "VideoMAEModel"
     model.eval()
-    torch.testing.assert_close(encoder(video).last_hidden_state.mean(1), model.video_features(video))
+    torch.testing.assert_close(encoder(video).last_hidden_state, model.backbone(video).last_hidden_state)
     # A pre-training checkpoint restores everything; a bare encoder restores the encoder only.
     again = VideoMAE(load_videomae(str(tmp_path / "pretraining"), {}, 4, 32)).eval()
     torch.testing.assert_close(again.model.decoder.head.weight, model.model.decoder.head.weight)
