@@ -16,7 +16,9 @@ spoken digit (10 words), of
 Every row sees the same windows (the CPC demo config's `audio.seconds`): the utterance with its leading and trailing silence trimmed
 (40 dB), centred, and each statistic is taken over the steps that hold sound, not the padding.
 AVC part: visual->audio and audio->visual R@1/R@5 on the held-out stamps' (frame, sound) pairs,
-for L3-Net and AVID randomly initialised and after --steps steps of recipes/configs/avc_demo.yaml.
+for L3-Net, AVID and sound-source localisation (AVOL) randomly initialised and after --steps steps
+of recipes/configs/avc_demo.yaml; for AVOL also pointing accuracy on 2x2 grids of held-out stamps
+(chance 25%).
 Writes OUT/table.md, OUT/results.json and the record benchmarks/results/audio_table.json.
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ from image_ssl_table import train  # noqa: E402
 from record import write_record  # noqa: E402
 
 from mmssl.data import AudioField  # noqa: E402
-from mmssl.eval.av_tasks import audio_probes, av_retrieval  # noqa: E402
+from mmssl.eval.av_tasks import audio_probes, av_retrieval, pointing  # noqa: E402
 
 PROBES = {"speaker": "shards/speech_speakers", "digit": "shards/speech_digits"}
 AV = "shards/av"
@@ -66,11 +68,16 @@ def speech_probes(features, audio: dict) -> dict:
     return out
 
 
-def retrieval(scores) -> dict:
+AV_KEYS = ("visual_to_audio_R@1", "visual_to_audio_R@5", "audio_to_visual_R@1", "audio_to_visual_R@5", "av_pairs",
+           "av_chance_R@1", "pointing_acc", "pointing_chance", "pointing_trials")
+
+
+def retrieval(model) -> dict:
     a = AudioField(16000, 1.0, train=False, n_mels=64)
-    r = av_retrieval(scores, AV, "test", 64, a)
-    return {k: r[k] for k in ("visual_to_audio_R@1", "visual_to_audio_R@5", "audio_to_visual_R@1",
-                              "audio_to_visual_R@5", "av_pairs", "av_chance_R@1")}
+    r = av_retrieval(model.pair_scores, AV, "test", 64, a)
+    if hasattr(model, "heatmap"):
+        r.update(pointing(model.heatmap, AV, "test", 64, a))
+    return {k: r[k] for k in AV_KEYS if k in r}
 
 
 def main(argv=None) -> int:
@@ -115,21 +122,20 @@ def main(argv=None) -> int:
         res["CPC"] = {**{t: {"knn": ev[f"{t}_knn_top1@20"], "linear": ev[f"{t}_linear_top1"]} for t in PROBES},
                       "steps": args.cpc_steps, "loss": [run["first_loss"], run["last_loss"]], "minutes": run["minutes"]}
         save()
-    for mode in ("l3", "avid"):
+    for mode in ("l3", "avid", "avol"):
         name = f"AVC {mode}, random init"
         if name not in res:
             torch.manual_seed(0)
             cfg = demo(avc, "avc")
             model = avc.build_objective({**cfg, "avc": {**cfg["avc"], "mode": mode}}).eval()
-            res[name] = retrieval(model.pair_scores)
+            res[name] = retrieval(model)
             save()
         name = f"AVC {mode}"
         if res.get(name, {}).get("steps") != args.steps:
             print(f"training {name} for {args.steps} steps ...", flush=True)
             run = train(f"avc_{mode}", args.steps, args.out, "avc", (f"avc.mode={mode}",))
             ev = run.pop("eval")
-            res[name] = {**{k: ev[k] for k in ("visual_to_audio_R@1", "visual_to_audio_R@5", "audio_to_visual_R@1",
-                                                "audio_to_visual_R@5", "av_pairs", "av_chance_R@1")},
+            res[name] = {**{k: ev[k] for k in AV_KEYS if k in ev},
                          "speaker_linear": ev["audio_linear_top1"], "steps": args.steps,
                          "loss": [run["first_loss"], run["last_loss"]], "minutes": run["minutes"]}
             save()
@@ -144,12 +150,15 @@ def main(argv=None) -> int:
     chance = res["AVC l3"]["av_chance_R@1"]
     lines += ["", f"Frame <-> sound retrieval on {res['AVC l3']['av_pairs']} held-out stamps (chance R@1 "
               f"{100 * chance:.1f}%, R@5 {500 * chance:.1f}%).", "",
-              "| model | visual→audio R@1 | R@5 | audio→visual R@1 | R@5 |", "|---|---|---|---|---|"]
-    for name in ("AVC l3, random init", "AVC l3", "AVC avid, random init", "AVC avid"):
+              "| model | visual→audio R@1 | R@5 | audio→visual R@1 | R@5 | pointing (2x2, chance 25%) |",
+              "|---|---|---|---|---|---|"]
+    for name in ("AVC l3, random init", "AVC l3", "AVC avid, random init", "AVC avid", "AVC avol, random init",
+                 "AVC avol"):
         r = res[name]
         lines.append(f"| {name}{f' ({args.steps} steps)' if 'random' not in name else ''} | "
                      f"{100 * r['visual_to_audio_R@1']:.1f}% | {100 * r['visual_to_audio_R@5']:.1f}% | "
-                     f"{100 * r['audio_to_visual_R@1']:.1f}% | {100 * r['audio_to_visual_R@5']:.1f}% |")
+                     f"{100 * r['audio_to_visual_R@1']:.1f}% | {100 * r['audio_to_visual_R@5']:.1f}% | "
+                     + (f"{100 * r['pointing_acc']:.1f}% |" if "pointing_acc" in r else "– |"))
     table = "\n".join(lines)
     (args.out / "table.md").write_text(table + "\n")
     write_record(ROOT / "benchmarks/results/audio_table.json", results=res, table=table)

@@ -38,6 +38,23 @@ def clip_loss(image: torch.Tensor, text: torch.Tensor, all_image: torch.Tensor, 
     return 0.5 * (F.cross_entropy(logits_per_image, target) + F.cross_entropy(logits_per_text, target))
 
 
+def max_location_infonce(v: torch.Tensor, a: torch.Tensor, all_v: torch.Tensor, all_a: torch.Tensor,
+                         temperature: float, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-modal InfoNCE over multiple-instance scores, for sound-source localisation (the
+    max-over-locations score of Arandjelovic and Zisserman 2018, https://arxiv.org/abs/1712.06651).
+
+    v [B, E, h, w] this rank's per-location visual embeddings, a [B, E] its sound embeddings, all
+    unit length; all_v, all_a gathered from every rank. The score of frame i and sound j is
+    max over locations (y, x) of v_i(y, x) . a_j. Returns ((CE(frame -> all sounds) + CE(sound ->
+    all frames)) / 2 at 1/temperature, the frame -> sound top-1 accuracy), over this rank's rows.
+    """
+    target = torch.arange(v.shape[0], device=v.device) + offset
+    frame_to_sound = torch.einsum("nehw,me->nmhw", v, all_a).flatten(2).amax(-1) / temperature
+    sound_to_frame = torch.einsum("nehw,me->mnhw", all_v, a).flatten(2).amax(-1) / temperature
+    loss = 0.5 * (F.cross_entropy(frame_to_sound, target) + F.cross_entropy(sound_to_frame, target))
+    return loss, (frame_to_sound.argmax(1) == target).float().mean()
+
+
 def siglip_loss(image: torch.Tensor, all_text: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor,
                 offset: int = 0, global_batch: int | None = None) -> torch.Tensor:
     """Pairwise sigmoid loss of SigLIP (Zhai et al. 2023, https://arxiv.org/abs/2303.15343).

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Audio-visual correspondence on video shards with sound: L3-Net (mmssl.objectives.avc) or AVID
-(mmssl.objectives.avid).
+"""Audio-visual correspondence on video shards with sound: L3-Net (mmssl.objectives.avc), AVID
+(mmssl.objectives.avid) or sound-source localisation (mmssl.objectives.avol).
 
     accelerate launch recipes/avc.py --config recipes/configs/avc_demo.yaml key=value ...
 
@@ -11,11 +11,13 @@ files are skipped and counted in the loader statistics (`data/no_audio_track`, .
 Keys: mmssl.train.TRAIN_DEFAULTS plus
   image_size, audio.*          frame size; sound window (sample_rate, seconds, n_mels, spec_augment)
   visual, audio_encoder        encoder specs (mmssl.models.encoders.build_encoder)
-  avc.mode                     l3 | avid
+  avc.mode                     l3 | avid | avol
   avc.hidden_dim               width of L3's classifier / AVID's projection heads
   avc.hard_negatives           L3: share of negatives taken from the same video at another time
-  avc.embed_dim, temperature   AVID: joint space and InfoNCE temperature
-  eval_split                   held-out videos for frame <-> sound retrieval R@1/5/10
+  avc.embed_dim, temperature   AVID, AVOL: joint space and InfoNCE temperature
+  eval_split                   held-out videos for frame <-> sound retrieval R@1/5/10 (and, for
+                               avol, pointing on grids of held-out frames: localisation/step_*.png)
+  pointing_grid                avol: the pointing test tiles grid x grid held-out frames
   probe.data / split / train_split   a labelled audio set for kNN / linear probes of the audio tower
                                ('' skips them)
 After training, `encoder/visual/` and `encoder/audio/` hold the two towers.
@@ -28,10 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmssl.cli import run_main  # noqa: E402
 from mmssl.config import Key, from_cli, set_defaults  # noqa: E402
 from mmssl.data import AudioField, AVPairField, build_loader, train_transform  # noqa: E402
-from mmssl.eval.av_tasks import audio_probes, av_retrieval  # noqa: E402
+from mmssl.eval.av_tasks import audio_probes, av_retrieval, pointing  # noqa: E402
 from mmssl.models.encoders import build_encoder, save_image_processor  # noqa: E402
 from mmssl.objectives.avc import L3  # noqa: E402
 from mmssl.objectives.avid import AVID  # noqa: E402
+from mmssl.objectives.avol import AVOL  # noqa: E402
 from mmssl.preflight import check_probe, check_source, check_training_data  # noqa: E402
 from mmssl.recipe_image import SMALL_RESNET  # noqa: E402
 from mmssl.train import TRAIN_DEFAULTS, fit, start  # noqa: E402
@@ -50,13 +53,15 @@ DEFAULTS = set_defaults(TRAIN_DEFAULTS, {
               "min_seconds": Key(0.1, "shorter sound is skipped (short_audio)", min=0)},
     "visual": Key(SMALL_RESNET, "visual encoder spec (mmssl.models.encoders.build_encoder)"),
     "audio_encoder": Key(LOGMEL_CNN, "audio encoder spec (mmssl.models.encoders.build_encoder)"),
-    "avc": {"mode": Key("l3", "l3: L3-Net's match / no-match classifier; avid: AVID's cross-modal InfoNCE",
-                        choices=("l3", "avid")),
-            "embed_dim": Key(128, "AVID: joint space width", min=1),
-            "hidden_dim": Key(256, "width of L3's classifier / AVID's projection heads", min=1),
-            "temperature": Key(0.07, "AVID: InfoNCE temperature", above=0),
+    "avc": {"mode": Key("l3", "l3: L3-Net's match / no-match classifier; avid: AVID's cross-modal InfoNCE; "
+                              "avol: sound-source localisation (a sound against every location of the frame)",
+                        choices=("l3", "avid", "avol")),
+            "embed_dim": Key(128, "AVID, AVOL: joint space width", min=1),
+            "hidden_dim": Key(256, "width of L3's classifier / the projection heads", min=1),
+            "temperature": Key(0.07, "AVID, AVOL: InfoNCE temperature", above=0),
             "hard_negatives": Key(0.0, "L3: share of negatives from the same video at another time", min=0)},
     "eval_split": Key("val", "held-out split of data.val for frame <-> sound retrieval R@1/5/10"),
+    "pointing_grid": Key(2, "avol: held-out frames tiled grid x grid for the pointing test (chance 1/grid^2)", min=2),
     "probe": {"data": Key("", "a labelled audio set for kNN / linear probes of the audio tower ('' skips them)"),
               "split": Key("val", "probe split that is scored"),
               "train_split": Key("train", "probe split the kNN bank and the linear probe train on")},
@@ -74,6 +79,8 @@ def build_objective(cfg: dict):
     visual, audio = build_encoder(cfg["visual"]), build_encoder(cfg["audio_encoder"])
     if a["mode"] == "l3":
         return L3(visual, audio, a["hidden_dim"], a["hard_negatives"])
+    if a["mode"] == "avol":
+        return AVOL(visual, audio, a["embed_dim"], a["hidden_dim"], a["temperature"])
     return AVID(visual, audio, a["embed_dim"], a["hidden_dim"], a["temperature"])
 
 
@@ -97,6 +104,11 @@ def main(argv) -> int:
         if cfg["data"]["val"]:
             out.update(av_retrieval(lambda i, m: model.pair_scores(i.to(device), m.to(device)), cfg["data"]["val"],
                                     cfg["eval_split"], cfg["image_size"], audio_field(cfg, False)))
+            if cfg["avc"]["mode"] == "avol":
+                out.update(pointing(lambda i, m: model.heatmap(i.to(device), m.to(device)), cfg["data"]["val"],
+                                    cfg["eval_split"], cfg["image_size"], audio_field(cfg, False),
+                                    cfg["pointing_grid"],
+                                    overlays=Path(cfg["output_dir"]) / "localisation" / f"step_{step:07d}.png"))
         if cfg["probe"]["data"]:
             p = cfg["probe"]
             out.update(audio_probes(lambda m, _: model.audio(m.to(device)), p["data"], p["split"], audio_field(cfg, False),

@@ -208,6 +208,15 @@ class HFEncoder(nn.Module):
             return (tokens * m).sum(1) / m.sum(1).clamp(min=1.0)
         return tokens.mean(1)
 
+    def spatial(self, image: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> the last feature map [B, out_dim, h, w] of a convolutional backbone
+        (where things are, for sound-source localisation)."""
+        tokens = self.model(pixel_values=image).last_hidden_state
+        if tokens.ndim != 4:
+            raise EncoderSpecError(f"{type(self.model).__name__} has no spatial feature map; use a convolutional "
+                                   "backbone (resnet, convnext, regnet)")
+        return tokens
+
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         self.model.save_pretrained(str(directory), safe_serialization=True)
 
