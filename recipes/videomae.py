@@ -12,6 +12,9 @@ Keys: mmssl.recipe_video.VIDEO_DEFAULTS plus
   videomae.pool        probe features: time (per-slot means, in order) or tokens (one mean)
   reconstructions      held-out clips drawn at each evaluation (reconstructions/step_XXXXXXX.png)
 
+Each evaluation also logs `held_out_loss` on up to 64 held-out clips under fixed tube masks and
+`held_out_zero_loss`, the loss of predicting zeros there: the level a model that learned nothing sits at.
+
 After training, `encoder/` holds the encoder as a transformers `VideoMAEModel` (AutoModel loads it)
 and `pretraining/` the whole `VideoMAEForPreTraining`, which `videomae.init` accepts.
 """
@@ -19,6 +22,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import itertools  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -63,18 +68,35 @@ def reconstruction_clips(model: VideoMAE, video: torch.Tensor) -> torch.Tensor:
     return (torch.stack([pixels, *back], 1) - model.mean.unsqueeze(1)) / model.std.unsqueeze(1)
 
 
-def save_reconstructions(model, step, cfg) -> dict:
+@torch.no_grad()
+def held_out(model, step, cfg) -> dict:
+    """Each evaluation: the loss on up to 64 held-out clips under fixed tube masks, beside the loss
+    of predicting zeros there (`held_out_loss`, `held_out_zero_loss`: a model that learned nothing
+    scores the latter), and with `reconstructions` > 0 the PNG of `save_reconstructions`."""
+    field = VideoField(cfg["num_frames"], cfg["stride"], cfg["image_size"], train=False)
+    loader = build_loader(cfg["data"]["val"], [field], 32, split=cfg["eval_split"], shuffle=False,
+                          drop_last=False, num_workers=0, rank=0, world_size=1)
+    device = next(model.parameters()).device
+    video = torch.cat([b["video"] for b in itertools.islice(loader, 2)]).to(device)
+    with torch.random.fork_rng(devices=[]):  # the same masks at every evaluation; training's RNG untouched
+        torch.manual_seed(0)
+        loss, _, _, _, zero = model.reconstruct(video)
+    out = {"held_out_loss": float(loss), "held_out_zero_loss": float(zero)}
+    if cfg["reconstructions"]:
+        out.update(save_reconstructions(model, step, cfg, video[: cfg["reconstructions"]]))
+    return out
+
+
+def save_reconstructions(model, step, cfg, video: torch.Tensor) -> dict:
     """A PNG per evaluation: for each held-out clip, rows original / masked / reconstruction, one
     column per frame."""
     from PIL import Image
 
     from mmssl.data.image import tensor_to_pil
 
-    field = VideoField(cfg["num_frames"], cfg["stride"], cfg["image_size"], train=False)
-    loader = build_loader(cfg["data"]["val"], [field], cfg["reconstructions"], split=cfg["eval_split"], shuffle=False,
-                          drop_last=False, num_workers=0, rank=0, world_size=1)
-    video = next(iter(loader))["video"].to(next(model.parameters()).device)
-    grid = reconstruction_clips(model, video)  # [N, 3, T, C, H, W]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        grid = reconstruction_clips(model, video)  # [N, 3, T, C, H, W]
     n, rows, t, _, h, w = grid.shape
     gap = 4
     sheet = Image.new("RGB", (t * w, n * (rows * h + gap)), (255, 255, 255))
@@ -95,4 +117,4 @@ def save(model: VideoMAE, cfg) -> None:
 
 
 if __name__ == "__main__":
-    run_main(lambda argv: run_video_recipe(argv, DEFAULTS, objective, save_reconstructions, save))
+    run_main(lambda argv: run_video_recipe(argv, DEFAULTS, objective, held_out, save))

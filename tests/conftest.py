@@ -146,6 +146,16 @@ def motion_shards(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def motion_shards_all_photos(tmp_path_factory) -> Path:
+    """The camera-motion set with all 240 photos (at 64 px): what a held-out generalisation test
+    needs, where the 24-photo set only lets a model memorise its training photos."""
+    require(STAMPS, "tuxpaint-stamps-default")
+    out = tmp_path_factory.mktemp("motion_all") / "motion"
+    run_tool("build_motion_set.py", "--out", out, "--size", "64", "--workers", "2")
+    return out
+
+
+@pytest.fixture(scope="session")
 def av_shards(tmp_path_factory) -> Path:
     """The audio-visual set at test size: 40 real stamp photos with their real sounds, as 2-s mp4s
     (tools/build_av_set.py -> make_shards.py videos --split-dirs)."""

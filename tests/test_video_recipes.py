@@ -26,21 +26,60 @@ TINY = ("videomae.config.hidden_size=32", "videomae.config.num_hidden_layers=1",
         "videomae.config.decoder_intermediate_size=32")
 
 
-@pytest.mark.parametrize("norm_pix,batches,steps,lr,min_fall", [(False, 3, 40, 1e-3, 0.5), (True, 6, 600, 2e-3, 0.05)])
-def test_videomae_learns_on_real_clips(norm_pix, batches, steps, lr, min_fall, motion_shards):
-    """Loss on the same clips and tube masks before and after training. With the default per-tubelet
-    normalised targets it must fall by 5% (measured 0.918 -> 0.843 in 600 steps): a network that
-    predicts nothing scores about 1 there, except on flat patches (white background) whose
-    normalised target is 0, so each point is structure read from the visible 10%. Raw-pixel
-    targets (the paper's `norm_pix_loss: false` ablation) are far easier: the loss must halve."""
+def tiny_videomae_on_motion(norm_pix: bool, width: int = 64) -> VideoMAE:
+    cfg = {"hidden_size": width, "num_hidden_layers": 2 if width < 128 else 3, "num_attention_heads": width // 32,
+           "intermediate_size": 2 * width, "decoder_hidden_size": width // 2,
+           "decoder_num_hidden_layers": 1 if width < 128 else 2, "decoder_num_attention_heads": 2,
+           "decoder_intermediate_size": width, "norm_pix_loss": norm_pix, "patch_size": 8}
+    return VideoMAE(load_videomae("", cfg, 8, 64), 0.9)
+
+
+def train_videomae(model, batches, steps, lr):
+    """`batches`: a list (cycled) or a loader (read again each epoch, so crops are drawn anew)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95))
+    stream = itertools.cycle(batches) if isinstance(batches, list) else \
+        itertools.chain.from_iterable(itertools.repeat(batches))
+    for batch in itertools.islice(stream, steps):
+        loss = model(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+@pytest.mark.slow
+def test_videomae_falls_below_predicting_zeros_on_held_out_clips(motion_shards_all_photos):
+    """The normalised-pixel target's own floor is the loss of predicting zeros (its mean square; 0
+    for flat tubelets). On held-out photos' clips with fixed tube masks, the trained model must end
+    below it: a loss that merely falls from its start can sit on that floor and mean nothing.
+    (On the 24-photo set it memorises its training photos and ends above the floor on new ones.)"""
+    data = str(motion_shards_all_photos)
     torch.manual_seed(0)
-    loader = build_loader(str(motion_shards), [VideoField(8, 2, 64, train=True)], 8, num_workers=0, seed=0)
-    fixed = list(itertools.islice(loader, batches))
-    cfg = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
-           "decoder_hidden_size": 32, "decoder_num_hidden_layers": 1, "decoder_num_attention_heads": 2,
-           "decoder_intermediate_size": 64, "norm_pix_loss": norm_pix, "patch_size": 16}
-    model = VideoMAE(load_videomae("", cfg, 8, 64), 0.9)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    train = build_loader(data, [VideoField(8, 2, 64, train=True)], 8, num_workers=0, seed=0)
+    held = next(iter(build_loader(data, [VideoField(8, 2, 64, train=False)], 16, split="test",
+                                  shuffle=False, drop_last=False, num_workers=0, rank=0, world_size=1)))
+    model = tiny_videomae_on_motion(True, width=128)
+    torch.manual_seed(1)
+    mask = model.mask(held["video"], 0.9)
+
+    def held_out() -> tuple[float, float]:
+        with torch.no_grad():
+            loss, _, _, _, zero = model.reconstruct(held["video"], mask=mask)
+        return float(loss), float(zero)
+
+    first, floor = held_out()
+    train_videomae(model, train, 1250, 1e-3)
+    last, _ = held_out()
+    print(f"videomae held-out loss {first:.4f} -> {last:.4f}, predicting zeros {floor:.4f} ({last / floor:.3f})")
+    assert first > floor and last < 0.99 * floor
+
+
+def test_videomae_raw_pixel_loss_halves_on_real_clips(motion_shards):
+    """Raw-pixel targets (the paper's `norm_pix_loss: false` ablation) are far easier: on fixed
+    clips and masks the loss must halve."""
+    torch.manual_seed(0)
+    fixed = list(itertools.islice(build_loader(str(motion_shards), [VideoField(8, 2, 64, train=True)], 8,
+                                               num_workers=0, seed=0), 3))
+    model = tiny_videomae_on_motion(False)
 
     def loss_on_fixed_masks() -> float:
         torch.manual_seed(1)  # the same tube masks before and after training
@@ -48,14 +87,10 @@ def test_videomae_learns_on_real_clips(norm_pix, batches, steps, lr, min_fall, m
             return sum(float(model(b)["loss"]) for b in fixed) / len(fixed)
 
     first = loss_on_fixed_masks()
-    for batch in itertools.islice(itertools.cycle(fixed), steps):
-        loss = model(batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_videomae(model, fixed, 40, 1e-3)
     last = loss_on_fixed_masks()
-    print(f"videomae (norm_pix_loss={norm_pix}): loss {first:.4f} -> {last:.4f}")
-    assert last < (1 - min_fall) * first, f"loss did not fall by {min_fall:.0%} ({first:.4f} -> {last:.4f})"
+    print(f"videomae (raw pixels): loss {first:.4f} -> {last:.4f}")
+    assert last < 0.5 * first
 
 
 @pytest.mark.parametrize("task,steps,floor", [("verify", 100, 0.7), ("sort", 150, 0.2)])
@@ -102,7 +137,9 @@ def test_videomae_recipe_with_two_processes_saves_hugging_face_format(motion_sha
     assert all(r["masked_share"] == pytest.approx(14 / 16) for r in records if "loss" in r)  # int(0.9 * 16) of 16
     n_test = sum(1 for _ in (motion_shards).glob("test-*.tar")) and json.loads(
         (motion_shards / "manifest.json").read_text())["splits"]["test"]["count"]
-    assert final["eval_samples"] == n_test and 0.0 <= final["linear_top1"] <= 1.0
+    assert final["eval_samples"] == n_test and {"knn_top1@20", "linear_top1"} <= set(final)
+    # The held-out loss is logged beside its predict-zero floor (the normalised targets' mean square).
+    assert final["held_out_zero_loss"] > 0.1 and final["held_out_loss"] != final["held_out_zero_loss"]
     from PIL import Image
 
     sheet = Image.open(run / "reconstructions" / "step_0000002.png")
