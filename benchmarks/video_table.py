@@ -5,8 +5,8 @@
 
 Builds the motion set if needed (tools/build_motion_set.py: 240 real photos x 6 camera motions,
 split by photo). Pretrains VideoMAE (90% tube masking) for --videomae-steps steps, Shuffle and
-Learn (`verify`) and order prediction (`sort`) for --steps steps, with their demo configs on one
-CPU process, then
+Learn (`verify`), order prediction (`sort`) and RGB-flow correspondence for --steps steps, with
+their demo configs on one CPU process, then
 reports kNN (k=20) and linear-probe top-1 of the six motion classes on the test photos, with the
 train clips as the bank and the probe's training set. Chance is 1/6.
 
@@ -47,7 +47,8 @@ from mmssl.objectives.temporal_order import ordered_frame_features  # noqa: E402
 DATA = "shards/motion"
 # name -> (recipe, overrides)
 METHODS = {"videomae": ("videomae", ()), "temporal order (verify)": ("temporal_order", ("temporal_order.task=verify",)),
-           "temporal order (sort)": ("temporal_order", ("temporal_order.task=sort",))}
+           "temporal order (sort)": ("temporal_order", ("temporal_order.task=sort",)),
+           "RGB-flow correspondence": ("rgb_flow", ())}
 
 
 def demo_config(recipe: str) -> dict:

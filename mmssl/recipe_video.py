@@ -30,10 +30,11 @@ VIDEO_DEFAULTS = set_defaults(TRAIN_DEFAULTS, {
 })
 
 
-def run_video_recipe(argv, defaults: dict, build_objective, extra_eval=None, save=None) -> int:
+def run_video_recipe(argv, defaults: dict, build_objective, extra_eval=None, save=None, train_field=None) -> int:
     """build_objective(cfg) -> objective with `video_features(video) -> [B, D]`;
     extra_eval(objective, step, cfg) -> dict adds to each evaluation; save(objective, cfg) writes the
-    trained model (on the main process, after training)."""
+    trained model (on the main process, after training); train_field(cfg) -> the training field
+    (default: a `VideoField`; RGB-flow adds the flow)."""
     from .config import from_cli
     from .preflight import check_training_data, plan_eval
 
@@ -42,7 +43,8 @@ def run_video_recipe(argv, defaults: dict, build_objective, extra_eval=None, sav
     tasks = plan_eval(cfg, (cfg["eval_split"], cfg["eval_train_split"]))
     objective = build_objective(cfg)
     accelerator = start(cfg)
-    field = VideoField(cfg["num_frames"], cfg["stride"], cfg["image_size"], train=True, min_frames=cfg["min_frames"])
+    field = train_field(cfg) if train_field else \
+        VideoField(cfg["num_frames"], cfg["stride"], cfg["image_size"], train=True, min_frames=cfg["min_frames"])
     loader = build_loader(cfg["data"]["train"], [field], cfg["batch_size"], num_workers=cfg["num_workers"],
                           seed=cfg["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"])
     evaluate = None

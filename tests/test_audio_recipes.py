@@ -63,8 +63,13 @@ def test_cpc_recipe_on_speech_with_two_processes(speech_shards, tmp_path):
                      "encoder.config.dim=32", "cpc.context_dim=16", *FAST)
     lines, final = records(run)
     assert sum("loss" in r for r in lines) == 2
-    assert final["speaker_eval_samples"] > 0 and final["digit_eval_samples"] > 0
-    assert 0.0 <= final["speaker_linear_top1"] <= 1.0 and 0.0 <= final["digit_knn_top1@20"] <= 1.0
+    from mmssl.data.shards import resolve_source
+
+    for task in ("speaker", "digit"):  # every held-out utterance probed; accuracies count over them
+        n = resolve_source(str(speech_shards / f"speech_{task}s"), "val").total
+        assert final[f"{task}_eval_samples"] == n
+        assert all(abs(n * final[f"{task}_{k}"] - round(n * final[f"{task}_{k}"])) < 1e-3
+                   for k in ("linear_top1", "knn_top1@20"))
     from mmssl.models.encoders import build_encoder
 
     assert build_encoder({"name": str(run / "encoder"), "modality": "audio"}).out_dim == 32
@@ -77,7 +82,10 @@ def test_cpc_recipe_on_video_with_two_processes(motion_shards, tmp_path):
                      f"output_dir={run}", f"data.train={motion_shards}", "video.image_size=32", "video.num_frames=8",
                      f"probes=[{{name: motion, data: {motion_shards}, split: test, train_split: train}}]", *FAST)
     lines, final = records(run)
-    assert sum("loss" in r for r in lines) == 2 and final["motion_eval_samples"] > 0
+    from mmssl.data.shards import resolve_source
+
+    assert sum("loss" in r for r in lines) == 2
+    assert final["motion_eval_samples"] == resolve_source(str(motion_shards), "test").total
 
 
 def mp4_with_sound(path, wave):

@@ -184,10 +184,13 @@ def test_temporal_order_heads_and_clip_features():
     assert torch.equal(frames[2, 1], video[2, 3])
     for (task, classes), fusion in itertools.product((("verify", 2), ("sort", 12)), ("difference", "concat")):
         model = TemporalOrder(build_encoder(SMALL_RESNET), task, hidden_dim=32, eval_frames=4, fusion=fusion)
+        torch.manual_seed(5)
         logits, labels, _ = model.logits(video)
         assert logits.shape == (4, classes) and labels.max() < classes
+        torch.manual_seed(5)  # the same tuples: the logged figures are these logits' loss and accuracy
         out = model({"video": video})
-        assert torch.isfinite(out["loss"]) and 0.0 <= out["acc"] <= 1.0
+        torch.testing.assert_close(out["loss"], torch.nn.functional.cross_entropy(logits, labels))
+        assert float(out["acc"]) == float((logits.argmax(1) == labels).float().mean())
         assert model.eval().video_features(video).shape == (4, 4 * 512)
     with pytest.raises(ValueError, match="verify' or 'sort"):
         TemporalOrder(build_encoder(SMALL_RESNET), "odd")
@@ -206,3 +209,27 @@ def test_difference_fusion_feeds_steps_between_frames():
     assert torch.equal(diff.fuse(a, b), b - a) and torch.equal(cat.fuse(a, b), torch.cat([a, b], 1))
     assert diff.classifier[0].in_features == 10 and cat.classifier[0].in_features == 15
     assert TemporalOrder(Enc(), "sort", fusion="difference").pair.in_features == 5
+
+
+def test_rgb_flow_loss_is_infonce_between_each_clips_frames_and_its_flow():
+    from mmssl.models.encoders import build_encoder
+    from mmssl.objectives.rgb_flow import RGBFlow
+    from mmssl.recipe_image import SMALL_RESNET
+
+    torch.manual_seed(0)
+    flow_spec = {**SMALL_RESNET, "config": {**SMALL_RESNET["config"], "num_channels": 4}}
+    model = RGBFlow(build_encoder(SMALL_RESNET), build_encoder(flow_spec), eval_frames=2, embed_dim=8,
+                    hidden_dim=16, temperature=0.1).eval()
+    batch = {"video": torch.randn(3, 6, 3, 32, 32), "flow": torch.randn(3, 4, 32, 32)}
+    out = model(batch)
+    r, f = model.embed(batch["video"], batch["flow"])
+    terms = []
+    for i in range(3):
+        rows = torch.stack([r[i] @ f[j] for j in range(3)]) / 0.1  # frames -> every flow
+        cols = torch.stack([f[i] @ r[j] for j in range(3)]) / 0.1  # flow -> every clip's frames
+        terms += [torch.logsumexp(rows, 0) - rows[i], torch.logsumexp(cols, 0) - cols[i]]
+    torch.testing.assert_close(out["loss"], torch.stack(terms).mean())
+    # Probes read the RGB tower alone: frames 0 and 5 (2 evenly spaced of 6), concatenated in order.
+    feats = model.video_features(batch["video"])
+    torch.testing.assert_close(feats, torch.cat([model.backbone(batch["video"][:, 0]),
+                                                 model.backbone(batch["video"][:, 5])], 1))
