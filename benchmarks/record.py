@@ -16,9 +16,10 @@ def write_record(path: Path, **payload) -> None:
     def git(*args):
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
+    # Uncommitted changes to code (not to records or docs) mean the commit does not say what ran.
+    dirty = git("status", "--porcelain", "--", "mmssl", "recipes", "tools", "benchmarks/*.py")
     record = {"command": " ".join(["python", os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
-              "commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(git("status", "--porcelain", "--", "mmssl",
-                                                                                  "recipes", "benchmarks", "tools")),
+              "commit": git("rev-parse", "--short", "HEAD"), "dirty": bool(dirty),
               "date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), **payload}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

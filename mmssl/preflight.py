@@ -69,23 +69,25 @@ def check_training_data(cfg: dict) -> None:
 
 
 def follow_train(cfg: dict, say=print) -> None:
-    """data.val that followed the user's data.train (`Key.follows`) is scored on its `eval_split`;
-    where that folder has no such held-out split, evaluation is skipped, said in one line, rather
-    than scoring the training samples."""
+    """data.val that followed the user's data.train (`Key.follows`) is scored on its `eval_split`.
+    A folder whose shards name no split at all (img2dataset's 00000.tar) holds nothing out: its
+    evaluation is skipped, said in one line, rather than scoring the training samples. A folder with
+    other splits but not this one is a one-line error naming the splits it has."""
     data = cfg["data"]
     if "data.val" not in getattr(cfg, "followed", ()) or not data["val"]:
         return
     split = cfg.get("eval_split", "val")
     try:
         urls = [u for src in resolve_sources(data["val"], split) for u in src.urls]
-    except DataSpecError:
-        urls = []
-    if urls and all(split_of_name(u) == split for u in urls):
+    except DataSpecError as exn:
+        raise DataSpecError(f"data.val follows data.train: {exn}; set eval_split to one of its splits, "
+                            "or data.val") from None
+    if all(split_of_name(u) == split for u in urls):
         say(f"data.val follows data.train: evaluating on its '{split}' split")
         return
     data["val"] = ""
-    say(f"data.train ({data['train']}) has no held-out '{split}' split, and data.val is not set: no evaluation "
-        "(make_shards writes one with --val-fraction; or set data.val)")
+    say(f"data.train ({data['train']}) names no held-out split and data.val is not set: no evaluation "
+        "(make_shards holds one out with --val-fraction; or set data.val)")
 
 
 def plan_eval(cfg: dict, splits: tuple[str, ...], key: str = "eval_tasks", say=print) -> list[str]:

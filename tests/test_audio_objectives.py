@@ -329,14 +329,14 @@ def test_sound_localisation_points_at_the_picture_that_sounds(av_shards, tmp_pat
 
     torch.manual_seed(0)
     audio = AudioField(16000, 1.0, n_mels=32)
-    field = AVPairField(train_transform(32, scale=(0.5, 1.0)), audio, train=True)
+    field = AVPairField(train_transform(64, scale=(0.5, 1.0)), audio, train=True)
     loader = build_loader(str(av_shards), [field], 16, num_workers=0, seed=0)
     model = AVOL(build_encoder(SMALL_RESNET), build_encoder(SMALL_CNN), embed_dim=32, hidden_dim=64)
     eval_audio = AudioField(16000, 1.0, n_mels=32, train=False)
 
     def point():
         model.eval()
-        out = pointing(model.heatmap, str(av_shards), "test", 32, eval_audio, overlays=tmp_path / "loc.png")
+        out = pointing(model.heatmap, str(av_shards), "test", 64, eval_audio, overlays=tmp_path / "loc.png")
         model.train()
         return out
 

@@ -33,10 +33,13 @@ def test_avc_recipe_with_two_processes(mode, av_shards, speech_shards, tmp_path)
     assert (run / "checkpoints" / "step_0000002" / "data_rank1.json").exists()
     lines, final = records(run)
     assert sum("loss" in r for r in lines) == 2
-    # Every held-out clip of the split scored, and a probe over every held-out utterance.
+    # Every held-out pair the field yields is scored (a clip whose sound is skipped, as silent or
+    # short, is not), and the probe covers every held-out utterance.
+    from mmssl.data import AudioField
     from mmssl.data.shards import resolve_source
+    from mmssl.eval.av_tasks import held_out_pairs
 
-    held = resolve_source(str(av_shards), "test").total
+    held = len(held_out_pairs(str(av_shards), "test", 32, AudioField(16000, 1.0, train=False, n_mels=64))[0])
     assert final["av_pairs"] == held and final["av_chance_R@1"] == pytest.approx(1 / held)
     assert {"visual_to_audio_R@5", "audio_to_visual_R@10"} <= set(final)
     assert final["audio_eval_samples"] == resolve_source(str(speech_shards / "speech_speakers"), "val").total

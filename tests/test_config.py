@@ -114,11 +114,14 @@ def test_data_val_follows_data_train_where_it_was_the_same_folder():
 def test_a_followed_data_val_without_a_held_out_split_skips_evaluation(image_shards, tmp_path):
     """The user's folder from make_shards has a val split: it is scored. A folder of tars whose names
     say no split (img2dataset's 00000.tar) is the training set itself: evaluation is skipped."""
+    from mmssl.config import Key
+    from mmssl.data import DataSpecError
     from mmssl.preflight import follow_train
     from mmssl.train import TRAIN_DEFAULTS
     from mmssl.config import set_defaults
 
-    same = set_defaults(TRAIN_DEFAULTS, {"data": {"train": "shards/demo", "val": "shards/demo"}})
+    same = set_defaults(TRAIN_DEFAULTS, {"data": {"train": "shards/demo", "val": "shards/demo"},
+                                         "eval_split": Key("val", "split scored")})
     said = []
     cfg = merge(same, None, [f"data.train={image_shards}"])
     follow_train(cfg, said.append)
@@ -129,4 +132,9 @@ def test_a_followed_data_val_without_a_held_out_split_skips_evaluation(image_sha
     (flat / "00000.tar").write_bytes(next(image_shards.glob("train-*.tar")).read_bytes())
     cfg = merge(same, None, [f"data.train={flat}"])
     follow_train(cfg, said.append)
-    assert cfg["data"]["val"] == "" and said[-1].startswith(f"data.train ({flat}) has no held-out 'val' split")
+    assert cfg["data"]["val"] == "" and said[-1].startswith(f"data.train ({flat}) names no held-out split")
+    # A demo config's `eval_split: test` on a folder with train and val: one line naming its splits.
+    cfg = merge(same, {"eval_split": "test"}, [f"data.train={image_shards}"])
+    with pytest.raises(DataSpecError, match=r"data.val follows data.train: .*no 'test' split \(it has: train, val\); "
+                                            "set eval_split to one of its splits"):
+        follow_train(cfg, said.append)
