@@ -64,7 +64,7 @@ def unlabelled_captions(stamp_tree, tmp_path_factory) -> Path:
     ("simclr.py", "num_workers=-1", "config field 'num_workers' must be >= 0, got -1"),
     ("simclr.py", "eval_tasks=[knn, zero-shot]", "config field 'eval_tasks' must be one of knn, linear; got 'zero-shot'"),
     ("moco.py", "moco.version=v4", "config field 'moco.version' must be one of v2, v3; got 'v4'"),
-    ("avc.py", "avc.mode=l4", "config field 'avc.mode' must be one of l3, avid; got 'l4'"),
+    ("avc.py", "avc.mode=l4", "config field 'avc.mode' must be one of l3, avid, avol; got 'l4'"),
     ("temporal_order.py", "temporal_order.fusion=sum", "must be one of difference, concat; got 'sum'"),
     ("clip.py", "loss=triplet", "config field 'loss' must be one of clip, siglip; got 'triplet'"),
     ("cpc.py", "input=text", "config field 'input' must be one of audio, video; got 'text'"),
