@@ -73,7 +73,7 @@ class RunInterrupted(Exception):
 
 # What a run writes in output_dir. `overwrite=true` removes these and nothing else.
 RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "loss.png", "report.md", "retrieval.png", "checkpoints", "encoder",
-               "reconstructions", "localisation", "tensorboard")
+               "reconstructions", "localisation", "tensorboard", "subset", "labelled_keys.txt")
 # Any of these means the folder holds a run that started training.
 RUN_MARKERS = ("metrics.jsonl", "checkpoints", "encoder")
 _run_lock = None  # held for the life of the process (the kernel drops it when the process ends)

@@ -76,6 +76,13 @@ def test_cpc_recipe_on_speech_with_two_processes(speech_shards, tmp_path):
     from mmssl.models.encoders import build_encoder
 
     assert build_encoder({"name": str(run / "encoder"), "modality": "audio"}).out_dim == 32
+    # The waveform encoder fine-tunes on the digits' labels, scored on every held-out utterance.
+    from test_finetune import eval_cli
+
+    digits = speech_shards / "speech_digits"
+    proc = eval_cli(run, "--task", "finetune", "--data", digits, "max_steps=2", "batch_size=8", "num_workers=0")
+    tuned = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert tuned["finetune_eval_samples"] == resolve_source(str(digits), "val").total and tuned["classes"] == 10
 
 
 @pytest.mark.slow

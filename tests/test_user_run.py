@@ -132,6 +132,11 @@ def test_clip_on_an_unlabelled_captions_corpus_evaluates_retrieval_and_saves(unl
     assert ev.returncode == 2 and ev.stderr.strip().splitlines() == [
         f"python -m mmssl.eval: error: --task knn needs labels, and {unlabelled_captions} has none; "
         "on unlabelled captions use --task retrieval"]
+    ev = subprocess.run([sys.executable, "-m", "mmssl.eval", str(out), "--task", "finetune", "--data",
+                         str(unlabelled_captions)], capture_output=True, text=True, env=ENV, cwd=ROOT)
+    assert ev.returncode == 2 and ev.stderr.strip().splitlines() == [
+        f"python -m mmssl.eval: error: --task finetune needs labels, and {unlabelled_captions}:train has none "
+        "(no cls members)"]
     # Asked for explicitly, zero-shot on data without label names is an error before training.
     again = run("clip.py", "--config", str(ROOT / "recipes/configs/clip_demo.yaml"),
                 f"data.train={unlabelled_captions}", f"data.val={unlabelled_captions}", f"output_dir={tmp_path / 'z'}",

@@ -150,6 +150,15 @@ def test_videomae_recipe_with_two_processes_saves_hugging_face_format(motion_sha
 
     sheet = Image.open(run / "reconstructions" / "step_0000002.png")
     assert sheet.size == (8 * 64, 2 * (3 * 64 + 4))  # 2 clips x (original, masked, reconstruction), 8 frames
+    # Fine-tuning, the paper's protocol, reads every token of the saved encoder and saves it back.
+    from test_finetune import eval_cli
+    from transformers import AutoModel
+
+    proc = eval_cli(run, "--task", "finetune", "--data", motion_shards, "--split", "test", "max_steps=2", "batch_size=4",
+                    "num_workers=0")
+    tuned = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert tuned["classes"] == 6 and tuned["finetune_eval_samples"] == n_test and tuned["labelled"] > 6
+    assert type(AutoModel.from_pretrained(tuned["finetune_dir"] + "/encoder")).__name__ == "VideoMAEModel"
     from transformers import AutoModel, VideoMAEForPreTraining
 
     assert type(AutoModel.from_pretrained(str(run / "encoder"))).__name__ == "VideoMAEModel"

@@ -1,0 +1,312 @@
+"""Fine-tuning evaluation: a run's saved encoder trained end to end with a fresh linear head.
+
+    python -m mmssl.eval RUN --task finetune --data DIR [--label-fraction 0.01] [--seed 0] [--init random] [key=value ...]
+
+The labelled set is a class-balanced share of `DIR`'s train split: the same number of samples from
+every class (`label_fraction` of the split, divided by the number of classes, at least one), drawn
+with `seed`. Where it is less than the whole split it is copied into the fine-tuning run folder
+(`subset/`, a make_shards folder) and its keys listed in `labelled_keys.txt`, so the result can be
+reproduced and the subset reused. Training goes through `mmssl.train.fit` (checkpoints, resume,
+progress bar, one or several processes); the end is scored on the held-out split: top-1, and top-5
+where there are more than 5 classes.
+
+`init: random` builds the same architecture with fresh weights: the supervised baseline on the same
+labels and schedule. Masked models (MAE, VideoMAE) are evaluated this way in their papers; a frozen
+linear probe undersells them.
+
+The run's modality follows its config: images (`image_size`), clips (`num_frames`, or CPC's
+`input: video`) or waveforms (CPC's `input: audio`). What the head reads:
+- image encoders: their pooled features;
+- VideoMAE: the mean of its (final-LayerNorm) tokens, as the paper's fine-tuning does;
+- frame encoders (temporal order, RGB-flow): `eval_frames` evenly spaced frames, concatenated in order;
+- CPC's waveform encoder: z averaged over the steps that hold signal.
+"""
+from __future__ import annotations
+
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ConfigError, Key, set_defaults
+from ..train import TRAIN_DEFAULTS
+
+# The data come from --data (and the subset drawn from it), so TRAIN_DEFAULTS' data.* keys are not offered.
+FINETUNE_DEFAULTS = set_defaults({k: v for k, v in TRAIN_DEFAULTS.items() if k != "data"}, {
+    "output_dir": Key("", "fine-tuning run folder ('': RUN/finetune/<init>_<label_fraction>_seed<seed>)"),
+    "init": Key("run", "run: the run's saved encoder; random: the same architecture freshly initialised "
+                       "(the supervised baseline)", choices=("run", "random")),
+    "label_fraction": Key(1.0, "share of the train split's labels used, the same number from every class", above=0),
+    "train_split": Key("train", "split of --data the labelled subset is drawn from"),
+    "label_smoothing": Key(0.1, "label smoothing of the cross-entropy", min=0),
+    "max_steps": 300,
+    "batch_size": 64,
+    "lr": 5e-4,
+    "warmup_steps": 30,
+    "save_every": 0,
+    "log_every": 20,
+    "tensorboard": False,
+    "num_workers": 2,
+    "shuffle_buffer": TRAIN_DEFAULTS["data"]["shuffle_buffer"],
+})
+
+
+class Classifier(nn.Module):
+    """features: batch -> [B, D]; a fresh linear head -> logits [B, classes]; cross-entropy on `label`."""
+
+    def __init__(self, features: nn.Module, dim: int, classes: int, label_smoothing: float = 0.0):
+        super().__init__()
+        self.features, self.head, self.label_smoothing = features, nn.Linear(dim, classes), label_smoothing
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        return self.head(self.features(batch))
+
+    def forward(self, batch: dict, progress: float = 0.0) -> dict:
+        logits = self.logits(batch)
+        return {"loss": F.cross_entropy(logits, batch["label"], label_smoothing=self.label_smoothing),
+                "acc": (logits.argmax(1) == batch["label"]).float().mean()}
+
+    def save_pretrained(self, directory) -> None:
+        """The fine-tuned encoder in its own format (as the run's `encoder/`) and `head.safetensors`."""
+        from safetensors.torch import save_file
+
+        self.features.encoder.save_pretrained(directory)
+        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(Path(directory) / "head.safetensors"))
+
+
+class ImageInput(nn.Module):
+    """`image` [B, 3, H, W] -> encoder features [B, D]."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder, self.out_dim = encoder, encoder.out_dim
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.encoder(batch["image"])
+
+
+class FramesInput(nn.Module):
+    """`video` [B, T, C, H, W] -> [B, frames * D]: evenly spaced frames through a frame encoder, in order."""
+
+    def __init__(self, encoder: nn.Module, frames: int):
+        super().__init__()
+        self.encoder, self.frames, self.out_dim = encoder, frames, frames * encoder.out_dim
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        from ..objectives.temporal_order import ordered_frame_features
+
+        return ordered_frame_features(self.encoder, batch["video"], self.frames)
+
+
+class TokensInput(nn.Module):
+    """`video` [B, T, C, H, W] -> [B, D]: the mean of a `VideoMAEModel`'s tokens."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder, self.out_dim = encoder, encoder.config.hidden_size
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.encoder(batch["video"]).last_hidden_state.mean(1)
+
+
+class WaveInput(nn.Module):
+    """`audio` [B, samples] (and `audio_samples` [B], the real ones) -> [B, D]: the encoder's
+    sequence averaged over the steps that end within the sound."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder, self.out_dim = encoder, encoder.out_dim
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        seq = self.encoder.sequence(batch["audio"])
+        ends = (torch.arange(seq.shape[1], device=seq.device) + 1) * self.encoder.hop
+        valid = (ends.unsqueeze(0) <= batch["audio_samples"].unsqueeze(1)).unsqueeze(-1).to(seq.dtype)
+        return (seq * valid).sum(1) / valid.sum(1).clamp(min=1)
+
+
+def modality(cfg: dict) -> str:
+    """image | video | audio, from the keys of a run's config.yaml."""
+    if cfg.get("input") in ("audio", "video"):
+        return cfg["input"]
+    if "num_frames" in cfg:
+        return "video"
+    if "image_size" in cfg:
+        return "image"
+    raise ConfigError("this run's config names no image_size, num_frames or input: cannot tell what its encoder reads")
+
+
+def fresh(encoder: nn.Module) -> nn.Module:
+    """The same architecture with new weights, initialised as its own constructor does."""
+    from transformers import AutoModel, PreTrainedModel
+
+    from ..models.encoders import EncoderSpecError, HFEncoder, TorchvisionEncoder
+
+    if isinstance(encoder, TorchvisionEncoder):
+        return TorchvisionEncoder(encoder.name)
+    if isinstance(encoder, HFEncoder):
+        return HFEncoder(AutoModel.from_config(encoder.model.config), encoder.modality, encoder.pooling)
+    if isinstance(encoder, PreTrainedModel):
+        return type(encoder)(encoder.config)
+    if isinstance(getattr(encoder, "config", None), dict):  # mmssl's own ViT and audio encoders
+        return type(encoder)(**encoder.config)
+    raise EncoderSpecError(f"cannot build a freshly initialised {type(encoder).__name__}")
+
+
+def load_input(run_dir: Path, cfg: dict, init: str) -> nn.Module:
+    """The run's encoder (or a fresh copy with init='random') behind the batch adapter of its modality."""
+    folder = run_dir / "encoder"
+    if (folder / "heads.safetensors").exists() or (folder / "visual").is_dir():
+        raise ConfigError(f"{run_dir} saved a two-tower model; --task finetune takes a run with one encoder")
+    kind = modality(cfg)
+    hf_type = json.loads((folder / "config.json").read_text()).get("model_type") \
+        if (folder / "config.json").exists() else None
+    if hf_type == "videomae":
+        from transformers import VideoMAEModel
+
+        encoder = VideoMAEModel.from_pretrained(str(folder), use_safetensors=True)
+    else:
+        from ..models.encoders import build_encoder
+
+        encoder = build_encoder({"name": str(folder), "modality": "audio" if kind == "audio" else "image"})
+    if init == "random":
+        encoder = fresh(encoder)
+    if hf_type == "videomae":
+        return TokensInput(encoder)
+    if kind == "video":
+        frames = next((v["eval_frames"] for v in cfg.values() if isinstance(v, dict) and "eval_frames" in v), 4)
+        return FramesInput(encoder, frames)
+    if kind == "audio":
+        if not hasattr(encoder, "sequence"):
+            raise ConfigError(f"{folder} holds an audio encoder without a time sequence; fine-tuning reads wave_encoder")
+        return WaveInput(encoder)
+    return ImageInput(encoder)
+
+
+def input_field(cfg: dict, train: bool):
+    """The field that feeds the run's encoder: its own sizes, with the weak augmentation (random
+    crop and flip, random clip start) in training and centre crops for evaluation."""
+    from ..data import AudioField, ImageField, VideoField, eval_transform, train_transform
+
+    kind = modality(cfg)
+    if kind == "image":
+        size = cfg["image_size"]
+        return ImageField(train_transform(size, scale=(0.2, 1.0)) if train else eval_transform(size))
+    if kind == "video":
+        v = cfg["video"] if cfg.get("input") == "video" else cfg
+        return VideoField(v["num_frames"], v["stride"], v["image_size"], train=train)
+    a = cfg["audio"]
+    return AudioField(a["sample_rate"], a["seconds"], train=train, min_seconds=a.get("min_seconds", 0.1),
+                      trim_db=a.get("trim_db"))
+
+
+def balanced_keys(keys: list[str], labels: list[int], fraction: float, seed: int) -> list[str]:
+    """The same number of keys from every class (`fraction` of all keys over the classes, at least
+    one, at most what a class has), drawn with `seed`; sorted."""
+    by_class: dict[int, list[str]] = defaultdict(list)
+    for k, y in zip(keys, labels):
+        by_class[y].append(k)
+    per_class = max(1, round(fraction * len(keys) / len(by_class)))
+    rng = random.Random(seed)
+    chosen = []
+    for y in sorted(by_class):
+        members = sorted(by_class[y])
+        chosen += rng.sample(members, min(per_class, len(members)))
+    return sorted(chosen)
+
+
+def split_labels(data: str, split: str) -> tuple[list[str], list[int]]:
+    """Every key of `split` and its label, read from the `cls` members alone."""
+    from ..data import LabelField, build_loader
+
+    loader = build_loader(data, [LabelField()], 512, split=split, shuffle=False, drop_last=False, num_workers=0,
+                          rank=0, world_size=1)
+    keys, labels = [], []
+    for batch in loader:
+        keys += batch["key"]
+        labels += batch["label"].tolist()
+    return keys, labels
+
+
+def write_subset(data: str, split: str, keys: set[str], out: Path, labels: list[str]) -> None:
+    """Copy the samples of `keys` (every member, bytes unchanged) into `out`, a make_shards folder
+    with one train split."""
+    from ..data.reader import read_segment
+    from ..data.shards import Segment, resolve_source
+    from ..data.writer import Journal, ShardWriter, write_manifest
+
+    out.mkdir(parents=True, exist_ok=True)
+    journal = Journal(out, resume=False)
+    writer = ShardWriter(out, "train", journal)
+    for url in resolve_source(data, split).urls:
+        for sample in read_segment(Segment(url, 0, 1 << 62), None, lambda *a: None):
+            if sample["__key__"] in keys:
+                writer.write(sample["__key__"], {k: v for k, v in sample.items() if not k.startswith("__")}, {})
+    writer.flush()
+    journal.close()
+    write_manifest(out, journal, labels, f"{data}:{split}", {"labelled_subset_of": data})
+
+
+def finetune(run_dir: Path, data: str, split: str, overrides: list[str]) -> tuple[dict, bool]:
+    """Fine-tune the encoder of `run_dir` on a labelled share of `data` and score `split`; -> (metrics,
+    whether this is the main process, which alone holds the scores)."""
+    from ..config import merge
+    from ..data import LabelField, build_loader
+    from ..data.shards import resolve_source
+    from ..preflight import check_source, has_labels
+    from ..train import fit, start
+
+    import yaml
+
+    run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg = merge(FINETUNE_DEFAULTS, None, overrides)
+    if cfg["label_fraction"] > 1:
+        raise ConfigError(f"label_fraction must be at most 1, got {cfg['label_fraction']}")
+    for s, key in ((cfg["train_split"], "train_split"), (split, "--split")):
+        source = check_source(data, s, "--data")[0]
+        if not has_labels(source):
+            raise ConfigError(f"--task finetune needs labels, and {data}:{s} has none (no cls members)")
+    tag = f"{cfg['init']}_{cfg['label_fraction']:g}_seed{cfg['seed']}"
+    cfg["output_dir"] = cfg["output_dir"] or str(run_dir / "finetune" / tag)
+    keys, labels = split_labels(data, cfg["train_split"])
+    classes = max(labels) + 1
+    chosen = keys if cfg["label_fraction"] == 1 else balanced_keys(keys, labels, cfg["label_fraction"], cfg["seed"])
+    if len(chosen) < cfg["batch_size"]:
+        print(f"{len(chosen)} labelled samples, fewer than batch_size={cfg['batch_size']}: batch_size={len(chosen)}")
+        cfg["batch_size"] = len(chosen)
+    features = load_input(run_dir, run_cfg, cfg["init"])
+    model = Classifier(features, features.out_dim, classes, cfg["label_smoothing"])
+    whole = len(chosen) == len(keys)
+    subset = Path(cfg["output_dir"]) / "subset"
+    accelerator = start(cfg)
+    if accelerator.is_main_process and not whole and not (cfg["resume"] and (subset / "manifest.json").exists()):
+        write_subset(data, cfg["train_split"], set(chosen), subset, resolve_source(data, cfg["train_split"]).labels)
+        (Path(cfg["output_dir"]) / "labelled_keys.txt").write_text("".join(k + "\n" for k in chosen))
+    accelerator.wait_for_everyone()
+    # Each worker fills whole batches from its own piece: a small subset gets fewer workers.
+    workers = min(cfg["num_workers"], max(1, len(chosen) // cfg["batch_size"]))
+    loader = build_loader(data if whole else str(subset), [input_field(run_cfg, True), LabelField()],
+                          cfg["batch_size"], split=cfg["train_split"] if whole else "train", num_workers=workers,
+                          seed=cfg["seed"], shuffle_buffer=cfg["shuffle_buffer"])
+
+    def evaluate(m: Classifier, step: int) -> dict:
+        device = next(m.parameters()).device
+        ev = build_loader(data, [input_field(run_cfg, False), LabelField()], cfg["batch_size"], split=split,
+                          shuffle=False, drop_last=False, num_workers=0, rank=0, world_size=1)
+        top1 = top5 = n = 0
+        for batch in ev:
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            logits, y = m.logits(batch), batch["label"]
+            top1 += int((logits.argmax(1) == y).sum())
+            top5 += int((logits.topk(min(5, classes), 1).indices == y.unsqueeze(1)).any(1).sum())
+            n += len(y)
+        return {"finetune_top1": top1 / n, **({"finetune_top5": top5 / n} if classes > 5 else {}),
+                "finetune_eval_samples": n}
+
+    result = fit(accelerator, cfg, model, loader, evaluate)
+    return {"init": cfg["init"], "label_fraction": cfg["label_fraction"], "seed": cfg["seed"],
+            "labelled": len(chosen), "classes": classes, "steps": cfg["max_steps"],
+            "finetune_dir": cfg["output_dir"], **result}, accelerator.is_main_process

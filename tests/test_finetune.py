@@ -1,0 +1,122 @@
+"""`python -m mmssl.eval RUN --task finetune`: a class-balanced labelled share, end-to-end training
+through `fit`, top-1/top-5 on the held-out split, on real Fashion-MNIST shards and real runs."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT
+from test_distributed import accelerate_2proc
+
+from mmssl.eval.finetune import balanced_keys, load_input
+
+
+def eval_cli(*args, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "mmssl.eval", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def simclr_run(fashion_shards, tmp_path_factory):
+    """A real SimCLR run on the Fashion-MNIST fixture (a few steps: its encoder is what is loaded)."""
+    run = tmp_path_factory.mktemp("ft") / "simclr"
+    subprocess.run([sys.executable, str(ROOT / "recipes/simclr.py"), "--config", str(ROOT / "recipes/configs/simclr_demo.yaml"),
+                    f"output_dir={run}", f"data.train={fashion_shards}", f"data.val={fashion_shards}", "max_steps=3",
+                    "batch_size=16", "num_workers=0", "tensorboard=false", "eval_tasks=[]"],
+                   check=True, capture_output=True, cwd=ROOT)
+    return run
+
+
+def test_balanced_keys_takes_the_same_number_from_every_class_by_seed():
+    keys = [f"k{i:04d}" for i in range(1000)]
+    labels = [i % 7 if i < 910 else 0 for i in range(1000)]  # class 0 holds 220, the others 130
+    a = balanced_keys(keys, labels, 0.07, seed=0)
+    per_class = Counter(labels[int(k[1:])] for k in a)
+    assert set(per_class.values()) == {10} and len(per_class) == 7  # 0.07 * 1000 / 7 classes
+    assert a == balanced_keys(keys, labels, 0.07, seed=0) == sorted(a)
+    assert a != balanced_keys(keys, labels, 0.07, seed=1)
+    assert Counter(labels[int(k[1:])] for k in balanced_keys(keys, labels, 0.001, 0)) == {c: 1 for c in range(7)}
+    # A class smaller than its share gives what it has.
+    rare = [6 if i < 5 else i % 6 for i in range(1000)]
+    assert Counter(rare[int(k[1:])] for k in balanced_keys(keys, rare, 0.35, 0))[6] == 5
+
+
+def test_init_run_loads_the_saved_encoder_and_random_builds_the_same_architecture_afresh(simclr_run):
+    from safetensors.torch import load_file
+
+    cfg = yaml.safe_load((simclr_run / "config.yaml").read_text())
+    saved = load_file(str(simclr_run / "encoder" / "model.safetensors"))
+    run, rand = (load_input(simclr_run, cfg, init).encoder.model.state_dict() for init in ("run", "random"))
+    assert set(run) == set(rand) and set(saved) <= set(run)
+    weights = [k for k in saved if k.endswith("weight") and saved[k].ndim == 4]
+    assert all(torch.equal(run[k], saved[k]) for k in saved)
+    assert all(not torch.equal(rand[k], saved[k]) for k in weights)
+
+
+def test_finetune_on_a_balanced_share_learns_and_reports_like_the_other_tasks(simclr_run, fashion_shards, tmp_path):
+    # 10 labelled images per class from 40; 100 test images. Chance is 10%.
+    proc = eval_cli(simclr_run, "--task", "finetune", "--data", fashion_shards, "--split", "test", "--label-fraction",
+                    "0.25", "--seed", "3", "--init", "random", "max_steps=40", "batch_size=32", "num_workers=0",
+                    "lr=0.002")
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert record["labelled"] == 100 and record["classes"] == 10 and record["finetune_eval_samples"] == 100
+    assert record["finetune_top1"] >= 0.4, record  # measured 0.64; an untrained head scores about 0.1
+    assert record["finetune_top5"] > record["finetune_top1"]
+    assert json.loads((simclr_run / "metrics.jsonl").read_text().splitlines()[-1]) == record
+    ft = simclr_run / "finetune" / "random_0.25_seed3"
+    assert record["finetune_dir"] == str(ft)
+    # The labelled subset is a make_shards folder of exactly the listed keys, 10 per class.
+    keys = (ft / "labelled_keys.txt").read_text().split()
+    from mmssl.data import LabelField, build_loader
+
+    seen = [b for b in build_loader(str(ft / "subset"), [LabelField()], 100, shuffle=False, drop_last=False)]
+    assert sorted(seen[0]["key"]) == keys and len(keys) == 100
+    assert set(Counter(seen[0]["label"].tolist()).values()) == {10}
+    # The fine-tuned model is saved: the encoder in its own format and the head.
+    from mmssl.models.encoders import build_encoder
+
+    assert build_encoder({"name": str(ft / "encoder")}).out_dim == 256
+    assert (ft / "encoder" / "head.safetensors").exists()
+    # The same command again does not overwrite that run.
+    again = eval_cli(simclr_run, "--task", "finetune", "--data", fashion_shards, "--split", "test", "--label-fraction",
+                     "0.25", "--seed", "3", "--init", "random", "max_steps=40", check=False)
+    assert again.returncode == 2 and "already holds a run" in again.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--label-fraction", "1.5"), "label_fraction must be at most 1"),
+    (("--label-fraction", "0"), "label_fraction"),
+    (("--init", "imagenet"), "init"),
+    (("lr=fast",), "lr"),
+    (("--task", "knn"), "--task finetune trains a model"),
+])
+def test_finetune_mistakes_are_one_line_with_exit_2(simclr_run, fashion_shards, args, message):
+    proc = eval_cli(simclr_run, "--task", "finetune", "--data", fashion_shards, "--split", "test", *args, check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_other_tasks_refuse_finetune_keys(simclr_run, fashion_shards):
+    proc = eval_cli(simclr_run, "--task", "knn", "--data", fashion_shards, "--split", "test", "max_steps=3", check=False)
+    assert proc.returncode == 2 and "needs --task finetune" in proc.stderr
+
+
+@pytest.mark.slow
+def test_finetune_runs_with_two_processes(simclr_run, fashion_shards):
+    accelerate_2proc("-m", "mmssl.eval", str(simclr_run), "--task", "finetune", "--data", str(fashion_shards),
+                     "--split", "test", "--label-fraction", "0.5", "max_steps=4", "batch_size=8", "num_workers=1",
+                     "save_every=4", "output_dir=" + str(simclr_run / "ft2"))
+    ft = simclr_run / "ft2"
+    assert (ft / "checkpoints" / "step_0000004" / "data_rank1.json").exists()
+    record = json.loads((simclr_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["finetune_dir"] == str(ft) and record["finetune_eval_samples"] == 100 and record["labelled"] == 200
