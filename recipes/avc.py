@@ -22,22 +22,19 @@ Keys: mmssl.train.TRAIN_DEFAULTS plus
                                ('' skips them)
 After training, `encoder/visual/` and `encoder/audio/` hold the two towers.
 """
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmssl.cli import run_main  # noqa: E402
-from mmssl.config import Key, from_cli, set_defaults  # noqa: E402
-from mmssl.data import AudioField, AVPairField, build_loader, train_transform  # noqa: E402
-from mmssl.eval.av_tasks import audio_probes, av_retrieval, pointing  # noqa: E402
-from mmssl.models.encoders import build_encoder, save_image_processor  # noqa: E402
-from mmssl.objectives.avc import L3  # noqa: E402
-from mmssl.objectives.avid import AVID  # noqa: E402
-from mmssl.objectives.avol import AVOL  # noqa: E402
-from mmssl.preflight import check_probe, check_source, check_training_data  # noqa: E402
-from mmssl.recipe_image import SMALL_RESNET  # noqa: E402
-from mmssl.train import TRAIN_DEFAULTS, fit, start  # noqa: E402
+from mmssl.cli import run_main
+from mmssl.config import Key, from_cli, set_defaults
+from mmssl.data import AudioField, AVPairField, build_loader, train_transform
+from mmssl.eval.av_tasks import audio_probes, av_retrieval, pointing
+from mmssl.models.encoders import build_encoder, save_image_processor
+from mmssl.objectives.avc import L3
+from mmssl.objectives.avid import AVID
+from mmssl.objectives.avol import AVOL
+from mmssl.preflight import check_probe, check_source, check_training_data
+from mmssl.recipe_image import SMALL_RESNET
+from mmssl.train import TRAIN_DEFAULTS, fit, start
 
 # `config` is free-form: logmel_cnn takes {widths}, an AST its transformers config keys.
 LOGMEL_CNN = {"name": "logmel_cnn", "modality": "audio", "pretrained": False, "pooling": "mean", "freeze": False,

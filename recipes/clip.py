@@ -8,21 +8,18 @@ config -> data -> objective -> fit. Keys: mmssl.train.TRAIN_DEFAULTS plus those 
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmssl.cli import run_main  # noqa: E402
-from mmssl.config import Key, constructor_keys, from_cli, set_defaults  # noqa: E402
-from mmssl.data import ImageField, TextField, build_loader, train_transform  # noqa: E402
-from mmssl.eval.clip_model import ClipEval  # noqa: E402
-from mmssl.eval.tasks import run_tasks  # noqa: E402
-from mmssl.models.encoders import build_encoder, resolve_name, save_image_processor  # noqa: E402
-from mmssl.objectives.clip import CLIP  # noqa: E402
-from mmssl.preflight import check_training_data, plan_eval  # noqa: E402
-from mmssl.train import TRAIN_DEFAULTS, fit, start  # noqa: E402
+from mmssl.cli import run_main
+from mmssl.config import Key, constructor_keys, from_cli, set_defaults
+from mmssl.data import ImageField, TextField, build_loader, train_transform
+from mmssl.eval.clip_model import ClipEval
+from mmssl.eval.tasks import run_tasks
+from mmssl.models.encoders import build_encoder, resolve_name, save_image_processor
+from mmssl.objectives.clip import CLIP
+from mmssl.preflight import check_training_data, plan_eval
+from mmssl.train import TRAIN_DEFAULTS, fit, start
 
 TOWER = "encoder spec (mmssl.models.encoders.build_encoder): a torchvision name, a Hub id, a folder, or a config"
 DEFAULTS = set_defaults(TRAIN_DEFAULTS, {

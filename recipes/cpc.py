@@ -15,20 +15,17 @@ Keys: mmssl.train.TRAIN_DEFAULTS plus
                    {name, data, split, train_split}
 After training, `encoder/` holds g_enc.
 """
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmssl.cli import run_main  # noqa: E402
-from mmssl.config import ConfigError, Key, constructor_keys, from_cli, set_defaults  # noqa: E402
-from mmssl.data import AudioField, VideoField, build_loader  # noqa: E402
-from mmssl.eval.av_tasks import audio_probes  # noqa: E402
-from mmssl.eval.video_tasks import video_probes  # noqa: E402
-from mmssl.models.encoders import build_encoder  # noqa: E402
-from mmssl.objectives.cpc import CPC, FrameSequence  # noqa: E402
-from mmssl.preflight import check_probe, check_training_data  # noqa: E402
-from mmssl.train import TRAIN_DEFAULTS, fit, start  # noqa: E402
+from mmssl.cli import run_main
+from mmssl.config import ConfigError, Key, constructor_keys, from_cli, set_defaults
+from mmssl.data import AudioField, VideoField, build_loader
+from mmssl.eval.av_tasks import audio_probes
+from mmssl.eval.video_tasks import video_probes
+from mmssl.models.encoders import build_encoder
+from mmssl.objectives.cpc import CPC, FrameSequence
+from mmssl.preflight import check_probe, check_training_data
+from mmssl.train import TRAIN_DEFAULTS, fit, start
 
 DEFAULTS = set_defaults(TRAIN_DEFAULTS, {
     "output_dir": "runs/cpc",

@@ -5,16 +5,12 @@
 
 Keys: mmssl.recipe_image.IMAGE_SSL_DEFAULTS plus `dino.*` (the objective's arguments).
 """
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmssl.cli import run_main  # noqa: E402
-from mmssl.config import constructor_keys, set_defaults  # noqa: E402
-from mmssl.models.encoders import build_encoder  # noqa: E402
-from mmssl.objectives.dino import DINO  # noqa: E402
-from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, multi_crop, run_image_recipe  # noqa: E402
+from mmssl.cli import run_main
+from mmssl.config import constructor_keys, set_defaults
+from mmssl.models.encoders import build_encoder
+from mmssl.objectives.dino import DINO
+from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, multi_crop, run_image_recipe
 
 DEFAULTS = set_defaults(IMAGE_SSL_DEFAULTS, {"output_dir": "runs/dino", "dino": constructor_keys(DINO)})
 

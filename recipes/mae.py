@@ -7,20 +7,17 @@ Keys: mmssl.recipe_image.IMAGE_SSL_DEFAULTS, `vit.*` (the encoder, mmssl.models.
 image size is `image_size`) and `mae.*` (the objective). At every evaluation it also writes
 `reconstructions/step_XXXXXXX.png`: rows of original | masked | reconstruction for held-out images.
 """
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from mmssl.cli import run_main  # noqa: E402
-from mmssl.config import Key, constructor_keys, set_defaults  # noqa: E402
-from mmssl.data import ImageField, build_loader, eval_transform  # noqa: E402
-from mmssl.models.masking import patchify, unpatchify  # noqa: E402
-from mmssl.models.vit import ViT  # noqa: E402
-from mmssl.objectives.mae import MAE  # noqa: E402
-from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, one_image, run_image_recipe  # noqa: E402
+from mmssl.cli import run_main
+from mmssl.config import Key, constructor_keys, set_defaults
+from mmssl.data import ImageField, build_loader, eval_transform
+from mmssl.models.masking import patchify, unpatchify
+from mmssl.models.vit import ViT
+from mmssl.objectives.mae import MAE
+from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, one_image, run_image_recipe
 
 DEFAULTS = set_defaults({k: v for k, v in IMAGE_SSL_DEFAULTS.items() if k != "backbone"}, {
     "output_dir": "runs/mae",

@@ -13,17 +13,14 @@ Keys: mmssl.recipe_video.VIDEO_DEFAULTS plus
 
 After training, `encoder/` holds the RGB frame encoder (a transformers backbone loads with AutoModel).
 """
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmssl.cli import run_main  # noqa: E402
-from mmssl.config import Key, constructor_keys, set_defaults  # noqa: E402
-from mmssl.models.encoders import build_encoder  # noqa: E402
-from mmssl.objectives.rgb_flow import RGBFlow  # noqa: E402
-from mmssl.recipe_image import SMALL_RESNET  # noqa: E402
-from mmssl.recipe_video import VIDEO_DEFAULTS, run_video_recipe  # noqa: E402
+from mmssl.cli import run_main
+from mmssl.config import Key, constructor_keys, set_defaults
+from mmssl.models.encoders import build_encoder
+from mmssl.objectives.rgb_flow import RGBFlow
+from mmssl.recipe_image import SMALL_RESNET
+from mmssl.recipe_video import VIDEO_DEFAULTS, run_video_recipe
 
 DEFAULTS = set_defaults(VIDEO_DEFAULTS, {
     "output_dir": "runs/rgb_flow", "image_size": 64,

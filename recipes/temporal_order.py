@@ -12,17 +12,14 @@ recipes) and `temporal_order.*`:
 
 After training, `encoder/` holds the frame encoder (a transformers backbone loads with AutoModel).
 """
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmssl.cli import run_main  # noqa: E402
-from mmssl.config import Key, constructor_keys, set_defaults  # noqa: E402
-from mmssl.models.encoders import build_encoder  # noqa: E402
-from mmssl.objectives.temporal_order import TemporalOrder  # noqa: E402
-from mmssl.recipe_image import SMALL_RESNET  # noqa: E402
-from mmssl.recipe_video import VIDEO_DEFAULTS, run_video_recipe  # noqa: E402
+from mmssl.cli import run_main
+from mmssl.config import Key, constructor_keys, set_defaults
+from mmssl.models.encoders import build_encoder
+from mmssl.objectives.temporal_order import TemporalOrder
+from mmssl.recipe_image import SMALL_RESNET
+from mmssl.recipe_video import VIDEO_DEFAULTS, run_video_recipe
 
 DEFAULTS = set_defaults(VIDEO_DEFAULTS, {"output_dir": "runs/temporal_order", "image_size": 64,
                                          "backbone": Key(SMALL_RESNET, "frame encoder spec (mmssl.models.encoders)"),

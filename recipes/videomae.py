@@ -18,21 +18,17 @@ Each evaluation also logs `held_out_loss` on up to 64 held-out clips under fixed
 After training, `encoder/` holds the encoder as a transformers `VideoMAEModel` (AutoModel loads it)
 and `pretraining/` the whole `VideoMAEForPreTraining`, which `videomae.init` accepts.
 """
-import sys
+import itertools
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import itertools  # noqa: E402
-
-import torch  # noqa: E402
-
-from mmssl.cli import run_main  # noqa: E402
-from mmssl.config import Key, constructor_keys, set_defaults  # noqa: E402
-from mmssl.data import VideoField, build_loader  # noqa: E402
-from mmssl.models.masking import tubelet_patchify, tubelet_unpatchify  # noqa: E402
-from mmssl.objectives.videomae import VideoMAE, load_videomae  # noqa: E402
-from mmssl.recipe_video import VIDEO_DEFAULTS, run_video_recipe  # noqa: E402
+from mmssl.cli import run_main
+from mmssl.config import Key, constructor_keys, set_defaults
+from mmssl.data import VideoField, build_loader
+from mmssl.models.masking import tubelet_patchify, tubelet_unpatchify
+from mmssl.objectives.videomae import VideoMAE, load_videomae
+from mmssl.recipe_video import VIDEO_DEFAULTS, run_video_recipe
 
 DEFAULTS = set_defaults(VIDEO_DEFAULTS, {
     "output_dir": "runs/videomae",
