@@ -7,20 +7,13 @@ from pathlib import Path
 from . import dist
 
 
-def last_line(exn: BaseException) -> str:
-    """The message itself: an error raised in a DataLoader worker arrives wrapped in its traceback."""
-    text = str(exn).strip().splitlines()[-1] if str(exn).strip() else type(exn).__name__
-    prefix = f"{type(exn).__module__}.{type(exn).__name__}: "
-    return text[len(prefix):] if text.startswith(prefix) else text
-
-
 def run_main(main, argv=None) -> None:
     """Call `main(argv)`; turn known user errors into one line on stderr (rank 0) and an exit code."""
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data.shards import DataSpecError
     from .models.encoders import EncoderSpecError
-    from .train import RunInterrupted, TrainingDiverged
+    from .train import RunInterrupted, TrainingDiverged, last_line
 
     prog = Path(sys.argv[0]).name
     if prog == "__main__.py":  # python -m mmssl.eval

@@ -59,6 +59,13 @@ TRAIN_DEFAULTS = {
 }
 
 
+def last_line(exn: BaseException) -> str:
+    """The message itself: an error raised in a DataLoader worker arrives wrapped in its traceback."""
+    text = str(exn).strip().splitlines()[-1] if str(exn).strip() else type(exn).__name__
+    prefix = f"{type(exn).__module__}.{type(exn).__name__}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the message names the step and the last good checkpoint."""
 
@@ -323,8 +330,6 @@ class StopSignals:
 def _run_eval(accelerator, model, unwrapped, evaluate, step: int, metrics: MetricsLog) -> dict:
     """Evaluate on the main process. An evaluation that fails is logged as failed (metrics.jsonl and
     one line on screen) and training goes on: checkpoints and the final encoder are not lost to it."""
-    from .cli import last_line
-
     result: dict = {}
     if accelerator.is_main_process:
         model.eval()

@@ -148,9 +148,9 @@ def test_bad_samples_are_skipped_and_counted_by_reason(damaged_shards):
     assert 0 < n_b < 8
     # Every sample that the shards' headers show is accounted for: delivered or skipped by reason
     # (a pattern has no manifest, so what lay past the cut is reported as the truncated_tar).
-    from mmssl.data.shards import count_tar_samples
+    from mmssl.data.reader import count_samples
 
-    visible = 8 + count_tar_samples(str(damaged_shards / "x-000001.tar"))
+    visible = 8 + count_samples(str(damaged_shards / "x-000001.tar"))
     assert stats["samples"] == len(keys) == 5 + n_b
     accounted = sum(stats.get(r, 0) for r in ("samples", "corrupt_image", "missing_image", "empty_caption",
                                                 "missing_caption", "unread_samples"))

@@ -8,16 +8,39 @@ a member whose header declares more bytes than the shard holds: nothing is alloc
 
 Local shards are opened as files, never through `webdataset.gopen`: a shard's name comes from data
 (a folder listing, a manifest) and is never read as a `pipe:` command or a URL. Only a source the
-user typed is remote (`shards.is_remote`), and only those go through `gopen`.
+user typed is remote (`is_remote`), and only those go through `gopen`.
 """
 from __future__ import annotations
 
 import tarfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import webdataset as wds
 
-from .shards import Segment, is_remote, split_member_name
+
+def is_remote(url: str) -> bool:
+    """A source the user typed as a command or URL. Names read from data never reach this as such:
+    they are joined to their folder as absolute paths (`shards.data_name`)."""
+    return url.startswith(("pipe:", "http://", "https://", "gs://", "s3://"))
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """'dir/abc.seg.jpg' -> ('dir/abc', 'seg.jpg'): the key ends at the first dot of the basename."""
+    slash = name.rfind("/")
+    dot = name.find(".", slash + 1)
+    if dot < 0:
+        return name, ""
+    return name[:dot], name[dot + 1 :].lower()
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Samples [start, stop) of one shard, in the shard's own order."""
+
+    url: str
+    start: int
+    stop: int
 
 
 BLOCK = 512

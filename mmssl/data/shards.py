@@ -33,6 +33,8 @@ from pathlib import Path
 
 import braceexpand
 
+from .reader import Segment, count_samples, is_remote, split_member_name  # noqa: F401 - re-exported
+
 MANIFEST = "manifest.json"
 SIZES = "sizes.json"
 
@@ -56,10 +58,6 @@ class Source:
         return None if self.counts is None else sum(self.counts)
 
 
-def is_remote(url: str) -> bool:
-    """A source the user typed as a command or URL. Names read from data never reach this as such:
-    they are joined to their folder as absolute paths (see `data_name`)."""
-    return url.startswith(("pipe:", "http://", "https://", "gs://", "s3://"))
 
 
 # A name from data that looks like `scheme:...` would be a URL or command to webdataset's gopen.
@@ -100,23 +98,6 @@ def expand_pattern(pattern: str) -> list[str]:
     for part in pattern.split("::"):
         urls.extend(braceexpand.braceexpand(os.path.expandvars(part)))
     return urls
-
-
-def count_tar_samples(path: str) -> int:
-    """Number of samples the reader delivers from a local tar, read from its headers only (a
-    truncated tar counts the samples before the cut; the reader reports the damage)."""
-    from .reader import count_samples
-
-    return count_samples(path)
-
-
-def split_member_name(name: str) -> tuple[str, str]:
-    """'dir/abc.seg.jpg' -> ('dir/abc', 'seg.jpg'): the key ends at the first dot of the basename."""
-    slash = name.rfind("/")
-    dot = name.find(".", slash + 1)
-    if dot < 0:
-        return name, ""
-    return name[:dot], name[dot + 1 :].lower()
 
 
 def split_of_name(url: str) -> str | None:
@@ -169,7 +150,7 @@ def _counts_beside(urls: list[str]) -> list[int] | None:
 def _local_counts(urls: list[str]) -> list[int] | None:
     counts = _counts_beside(urls)
     if counts is None and not any(is_remote(u) for u in urls):
-        counts = [count_tar_samples(u) for u in urls]
+        counts = [count_samples(u) for u in urls]
     return counts
 
 
@@ -242,15 +223,6 @@ def resolve_sources(spec, split: str = "train") -> list[Source]:
             sources.append(resolve_source(item["spec"], split, float(item.get("weight", 1.0))))
         return sources
     return [resolve_source(spec, split)]
-
-
-@dataclass(frozen=True)
-class Segment:
-    """Samples [start, stop) of one shard, in the shard's own order."""
-
-    url: str
-    start: int
-    stop: int
 
 
 @dataclass

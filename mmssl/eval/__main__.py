@@ -21,6 +21,7 @@ import yaml
 
 from ..cli import run_main
 from ..config import ConfigError
+from ..models.serialization import META
 from .tasks import TASKS, run_tasks
 
 FLAGS = ("label_fraction", "seed", "init")  # fine-tuning keys that also have a --flag
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
         from .clip_model import load_clip_run
 
         model = load_clip_run(args.run_dir, cfg)
-    elif any((args.run_dir / "encoder" / f).exists() for f in ("config.json", "mmssl_encoder.json")):
+    elif any((args.run_dir / "encoder" / f).exists() for f in ("config.json", META)):
         from ..models.encoders import build_encoder
         from .backbone_model import BackboneEval
 

@@ -5,23 +5,12 @@ transformers audio models (AST, wav2vec2, ...) come through `models.encoders.bui
 """
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
 
-META = "mmssl_encoder.json"
-
-
-def _save(module: nn.Module, directory, kind: str, args: dict) -> None:
-    from safetensors.torch import save_file
-
-    path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path / "model.safetensors"))
-    (path / META).write_text(json.dumps({kind: args}))
+from . import serialization
 
 
 class LogMelCNN(nn.Module):
@@ -47,7 +36,7 @@ class LogMelCNN(nn.Module):
         return self.net(self.input_norm(mel)).mean(dim=(2, 3))
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        _save(self, directory, "mmssl_logmel_cnn", self.config)
+        serialization.save(self, directory, "mmssl_logmel_cnn", self.config, self.out_dim)
 
 
 class ChannelNorm(nn.Module):
@@ -96,21 +85,5 @@ class WaveEncoder(nn.Module):
         return self.sequence(wave).mean(1)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        _save(self, directory, "mmssl_wave_encoder", self.config)
+        serialization.save(self, directory, "mmssl_wave_encoder", self.config, self.out_dim)
 
-
-def load_audio_encoder(directory: Path) -> nn.Module | None:
-    """A saved LogMelCNN or WaveEncoder folder -> the module; None if the folder is something else."""
-    meta = Path(directory) / META
-    if not meta.exists():
-        return None
-    info = json.loads(meta.read_text())
-    cls = {"mmssl_logmel_cnn": LogMelCNN, "mmssl_wave_encoder": WaveEncoder}
-    kind = next((k for k in info if k in cls), None)
-    if kind is None:
-        return None
-    from safetensors.torch import load_file
-
-    module = cls[kind](**info[kind])
-    module.load_state_dict(load_file(str(Path(directory) / "model.safetensors")))
-    return module

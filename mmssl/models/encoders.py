@@ -33,11 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .audio import LogMelCNN, WaveEncoder, load_audio_encoder
+from . import serialization
+from .audio import LogMelCNN, WaveEncoder
+from .vit import ViT
 
-TORCHVISION_META = "mmssl_encoder.json"
 # Our own audio encoders by name (models/audio.py); `config` gives their arguments.
 AUDIO_ENCODERS = {"logmel_cnn": LogMelCNN, "wave_encoder": WaveEncoder}
+# The classes behind each kind a saved folder's sidecar names (models/serialization.py).
+SAVED_KINDS = {"mmssl_vit": ViT, "mmssl_logmel_cnn": LogMelCNN, "mmssl_wave_encoder": WaveEncoder}
 
 
 TORCHVISION_README = """# A torchvision {name} encoder saved by mmssl
@@ -138,12 +141,7 @@ class TorchvisionEncoder(nn.Module):
         """`model.safetensors` (torchvision's own parameter names, head removed), `mmssl_encoder.json`,
         a README with the load lines, and a config.json whose model type says how to load it, so that
         transformers' AutoModel fails with that sentence instead of a missing-model_type error."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(directory / "model.safetensors"))
-        (directory / TORCHVISION_META).write_text(json.dumps({"torchvision": self.name, "out_dim": self.out_dim}))
+        directory = serialization.save(self.model, directory, "torchvision", self.name, self.out_dim)
         how = (f"torchvision {self.name} saved by mmssl, not a transformers model: load it with "
                f"mmssl.models.encoders.build_encoder({{'name': FOLDER}}) or torchvision (see README.md in this folder)")
         (directory / "config.json").write_text(json.dumps({"model_type": how}))
@@ -275,24 +273,19 @@ def build_encoder(spec: dict) -> nn.Module:
     modality = spec.get("modality", "image")
     if modality not in ("image", "text", "audio"):
         raise EncoderSpecError(f"encoder modality must be image, text or audio, got '{modality}'")
-    meta = Path(name) / TORCHVISION_META
-    own_audio = load_audio_encoder(Path(name)) if meta.exists() else None
-    if own_audio is not None:
-        encoder = own_audio
+    info = serialization.read_meta(name) if os.path.isdir(name) else None
+    if info is not None:
+        kind = next((k for k in info if k in SAVED_KINDS or k == "torchvision"), None)
+        if kind is None:
+            raise EncoderSpecError(f"{name}/{serialization.META} names no encoder kind this version knows")
+        state = serialization.load_weights(name)
+        if kind == "torchvision":
+            encoder = TorchvisionEncoder(info[kind], state_dict=state)
+        else:
+            encoder = SAVED_KINDS[kind](**info[kind])
+            encoder.load_state_dict(state)
     elif name in AUDIO_ENCODERS:
         encoder = AUDIO_ENCODERS[name](**(spec.get("config") or {}))
-    elif meta.exists():
-        from safetensors.torch import load_file
-
-        info = json.loads(meta.read_text())
-        state = load_file(str(Path(name) / "model.safetensors"))
-        if "mmssl_vit" in info:
-            from .vit import ViT
-
-            encoder = ViT(**info["mmssl_vit"])
-            encoder.load_state_dict(state)
-        else:
-            encoder = TorchvisionEncoder(info["torchvision"], state_dict=state)
     elif _is_torchvision(name):
         if modality != "image":
             raise EncoderSpecError(f"torchvision model '{name}' is an image encoder, not {modality}")

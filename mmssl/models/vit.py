@@ -7,14 +7,12 @@ and linear-probe evaluation like any other; `tokens(images, mask_ratio)` is the 
 """
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from .encoders import TORCHVISION_META as META
+from . import serialization
 from .masking import random_masking
 
 
@@ -74,8 +72,4 @@ class ViT(nn.Module):
         return self.tokens(images)[0][:, 1:].mean(dim=1)
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        from safetensors.torch import save_file
-
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(Path(directory) / "model.safetensors"))
-        (Path(directory) / META).write_text(json.dumps({"mmssl_vit": self.config, "out_dim": self.out_dim}))
+        serialization.save(self, directory, "mmssl_vit", self.config, self.out_dim)

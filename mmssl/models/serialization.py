@@ -1,0 +1,42 @@
+"""How mmssl's own encoders are written to and read from a folder (a leaf module: torch and
+safetensors only).
+
+A folder holds `model.safetensors` (the module's state dict, nothing pickled) and `mmssl_encoder.json`
+(META): `{kind: constructor arguments, "out_dim": D}`. The kind names the class that reads it back
+(`mmssl.models.encoders.build_encoder` knows them all). Hugging Face towers are written by
+transformers itself, in its own format, not here.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from torch import nn
+
+META = "mmssl_encoder.json"
+WEIGHTS = "model.safetensors"
+
+
+def save(module: nn.Module, directory: str | os.PathLike, kind: str, args, out_dim: int | None = None) -> Path:
+    """Write `module`'s weights and the META sidecar `{kind: args}` into `directory`; -> the folder."""
+    from safetensors.torch import save_file
+
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path / WEIGHTS))
+    (path / META).write_text(json.dumps({kind: args, **({"out_dim": out_dim} if out_dim is not None else {})}))
+    return path
+
+
+def read_meta(directory: str | os.PathLike) -> dict | None:
+    """The META sidecar of `directory`, or None where there is none."""
+    meta = Path(directory) / META
+    return json.loads(meta.read_text()) if meta.exists() else None
+
+
+def load_weights(directory: str | os.PathLike) -> dict:
+    """The state dict in `directory` (safetensors only)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(directory) / WEIGHTS))
