@@ -86,8 +86,8 @@ class MoCo(nn.Module):
         v1, v2 = batch["views"][:2]
         b = v1.shape[0]
         if self.version == "v2":
-            # Sub-batches of fewer than 16 images make BatchNorm too noisy to learn from (the moco_v2
-            # learning test's loss stopped falling at 4 images per sub-batch), so small batches get fewer.
+            # Sub-batches of fewer than 16 images make BatchNorm statistics too noisy to learn from,
+            # so small batches get fewer sub-batches.
             groups = max(1, min(self.bn_groups, b // 16))
             # Only the views a direction needs are encoded: query view 1 and key view 2, plus the
             # reverse pair when symmetric.

@@ -16,10 +16,8 @@ Fusion. How the frame features meet the classifier: `concat`, as in both papers 
 classifier sees [f_1, f_2, f_3]; a sort pair is [f_i, f_j]), or `difference` (the default): the
 verify classifier sees the steps [f_2 - f_1, f_3 - f_2] and a sort pair is f_j - f_i, the
 "difference" fusion that Fernando et al. found best for odd-one-out learning (O3N,
-https://arxiv.org/abs/1611.06646). The default is measured, not taken on trust: on the motion set
-at CPU-demo scale, `concat` stayed at chance (verify loss 0.690-0.697 over 1,200 steps; sort at
-ln 12), while with `difference` the verify loss fell from 0.713 to 0.259 in 200 steps
-(benchmarks/video_table.py) and held-out accuracy passes 80% after 100 (tests/test_video_recipes.py). Telling
+https://arxiv.org/abs/1611.06646). On the motion set at CPU-demo scale `concat` stays at chance
+while `difference` learns (benchmarks/video_table.py, tests/test_video_recipes.py): telling
 "between" from "outside" asks concat's MLP to learn a comparison of distances from scratch; with
 differences the comparison is one layer away.
 
