@@ -54,7 +54,7 @@ from mmssl.models.encoders import build_encoder  # noqa: E402
 from mmssl.models.vit import ViT  # noqa: E402
 from mmssl.recipe_image import RESNET_32PX  # noqa: E402
 
-METHODS = ["simclr", "moco", "byol", "simsiam", "dino", "barlow_twins", "vicreg", "swav", "nnclr", "mae", "rotation",
+METHODS = ["simclr", "moco", "moco_v3", "byol", "simsiam", "dino", "barlow_twins", "vicreg", "swav", "nnclr", "mae", "rotation",
            "jigsaw", "supcon"]
 DATA = "shards/fashion_mnist"
 SIZE = 32  # the default input size; --image-size changes it

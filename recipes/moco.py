@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""MoCo v2 (queue) or v3 (moco.version=v3) on image shards (mmssl.objectives.moco).
+"""MoCo v2 on image shards (mmssl.objectives.moco; MoCo v3 is recipes/moco_v3.py).
 
     accelerate launch recipes/moco.py --config recipes/configs/moco_demo.yaml key=value ...
 

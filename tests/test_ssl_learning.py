@@ -23,6 +23,7 @@ from mmssl.objectives.dino import DINO
 from mmssl.objectives.jigsaw import Jigsaw
 from mmssl.objectives.mae import MAE
 from mmssl.objectives.moco import MoCo
+from mmssl.objectives.moco_v3 import MoCoV3
 from mmssl.objectives.nnclr import NNCLR
 from mmssl.objectives.rotation import Rotation
 from mmssl.objectives.simclr import SimCLR
@@ -44,10 +45,10 @@ def backbone():
 # name -> (objective factory, field builder, learning rate)
 CASES = {
     "simclr": (lambda: SimCLR(backbone(), 64, 256, temperature=0.2), two_views, 1e-3),
-    "moco_v2": (lambda: MoCo(backbone(), "v2", 64, 256, temperature=0.2, queue_size=64, momentum=0.9, bn_groups=2), two_views, 1e-3),
-    "moco_v2_symmetric": (lambda: MoCo(backbone(), "v2", 64, 256, temperature=0.2, queue_size=64, momentum=0.9, bn_groups=2,
+    "moco_v2": (lambda: MoCo(backbone(), 64, 256, temperature=0.2, queue_size=64, momentum=0.9, bn_groups=2), two_views, 1e-3),
+    "moco_v2_symmetric": (lambda: MoCo(backbone(), 64, 256, temperature=0.2, queue_size=64, momentum=0.9, bn_groups=2,
                                        symmetric=True), two_views, 1e-3),
-    "moco_v3": (lambda: MoCo(backbone(), "v3", 64, 256, temperature=0.2, momentum=0.9), two_views, 1e-3),
+    "moco_v3": (lambda: MoCoV3(backbone(), 64, 256, temperature=0.2, momentum=0.9), two_views, 1e-3),
     "byol": (lambda: BYOL(backbone(), 64, 256, momentum=0.9), two_views, 1e-3),
     "simsiam": (lambda: SimSiam(backbone(), 256, 64), two_views, 1e-3),
     "dino": (lambda: DINO(backbone(), out_dim=256, hidden_dim=256, bottleneck_dim=64, momentum=0.9,

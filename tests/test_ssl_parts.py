@@ -90,7 +90,7 @@ def test_moco_v2_encodes_only_query_view_1_and_key_view_2():
             seen.append(x.shape[0])
             return x.flatten(1)[:, :4]
 
-    moco = MoCo(Spy(), "v2", proj_dim=4, hidden_dim=8, queue_size=16, bn_groups=2)
+    moco = MoCo(Spy(), proj_dim=4, hidden_dim=8, queue_size=16, bn_groups=2)
     out = moco({"views": [torch.randn(32, 1, 2, 2), torch.randn(32, 1, 2, 2)]})
     assert torch.isfinite(out["loss"])
     assert seen == [16, 16, 16, 16]  # two query sub-batches, two key sub-batches: 64 images, not 128
@@ -101,7 +101,7 @@ def test_moco_v2_encodes_only_query_view_1_and_key_view_2():
 
 def test_symmetric_moco_v2_averages_both_directions_against_the_old_queue_and_queues_both_keys():
     torch.manual_seed(0)
-    moco = MoCo(Flat(), "v2", proj_dim=4, hidden_dim=8, queue_size=64, bn_groups=1, symmetric=True)
+    moco = MoCo(Flat(), proj_dim=4, hidden_dim=8, queue_size=64, bn_groups=1, symmetric=True)
     v1, v2 = torch.randn(8, 12), torch.randn(8, 12)
     queue_before = moco.queue.items.clone()
     out = moco({"views": [v1, v2]})
@@ -121,10 +121,6 @@ def test_symmetric_moco_v2_averages_both_directions_against_the_old_queue_and_qu
     # Queued in the order the directions ran: view 2's keys (for queries of view 1), then view 1's.
     assert torch.allclose(moco.queue.items[:16], torch.cat([z2, z1]).detach(), atol=1e-6)
     assert int(moco.queue.filled) == 16
-    # v3 is symmetric whatever the flag says: the same loss with it on and off.
-    v3 = [MoCo(Flat(), "v3", proj_dim=4, hidden_dim=8, symmetric=flag) for flag in (True, False)]
-    v3[1].load_state_dict(v3[0].state_dict())
-    assert torch.allclose(*(m({"views": [v1, v2]})["loss"] for m in v3))
 
 
 def test_barlow_twins_per_view_bn_normalises_each_view_with_its_own_statistics():

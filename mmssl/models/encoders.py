@@ -295,5 +295,4 @@ def build_encoder(spec: dict) -> nn.Module:
         encoder = HFEncoder(model, modality, spec.get("pooling", "pooler" if modality == "image" else "mean"))
     if spec.get("freeze", False):
         freeze(encoder)
-    encoder.source = name
     return encoder

@@ -22,8 +22,6 @@ class L3(nn.Module):
     """visual: [B, 3, H, W] -> [B, Dv]; audio: [B, 1, n_mels, frames] -> [B, Da]; batch keys
     `image`, `mel` (and `mel_other` for hard negatives)."""
 
-    batch_keys = ("image", "mel")
-
     def __init__(self, visual: nn.Module, audio: nn.Module, hidden_dim: int = 256, hard_negatives: float = 0.0):
         super().__init__()
         if not 0.0 <= hard_negatives <= 1.0:

@@ -21,8 +21,6 @@ from ..models.heads import mlp
 class AVID(nn.Module):
     """visual: [B, 3, H, W] -> [B, Dv]; audio: [B, 1, n_mels, frames] -> [B, Da]; batch keys `image`, `mel`."""
 
-    batch_keys = ("image", "mel")
-
     def __init__(self, visual: nn.Module, audio: nn.Module, embed_dim: int = 128, hidden_dim: int = 256,
                  temperature: float = 0.07):
         super().__init__()

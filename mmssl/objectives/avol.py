@@ -34,8 +34,6 @@ class AVOL(nn.Module):
         temperature: InfoNCE temperature
     """
 
-    batch_keys = ("image", "mel")
-
     def __init__(self, visual: nn.Module, audio: nn.Module, embed_dim: int = 128, hidden_dim: int = 256,
                  temperature: float = 0.07):
         super().__init__()

@@ -29,8 +29,6 @@ class BarlowTwins(nn.Module):
         per_view_bn: encode each view alone, as the paper's Algorithm 1
     """
 
-    batch_keys = ("views",)
-
     def __init__(self, backbone: nn.Module, proj_dim: int = 8192, hidden_dim: int = 8192, lambd: float = 5e-3,
                  per_view_bn: bool = True):
         super().__init__()

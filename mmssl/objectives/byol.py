@@ -36,8 +36,6 @@ class BYOL(nn.Module):
         per_view_bn: encode each view alone, so BatchNorm statistics are per view (the paper's)
     """
 
-    batch_keys = ("views",)
-
     def __init__(self, backbone: nn.Module, proj_dim: int = 256, hidden_dim: int = 4096, momentum: float = 0.996,
                  predictor_lr_mult: float = 1.0, per_view_bn: bool = True):
         super().__init__()

@@ -34,8 +34,6 @@ class CLIP(nn.Module):
         loss: "clip" (softmax, symmetric) or "siglip" (pairwise sigmoid, learned bias init -10).
     """
 
-    batch_keys = ("image", "input_ids", "attention_mask")
-
     def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module, embed_dim: int = 256,
                  init_temperature: float = 0.07, max_logit_scale: float = 100.0, loss: Literal["clip", "siglip"] = "clip"):
         super().__init__()

@@ -57,7 +57,6 @@ class CPC(nn.Module):
         if steps < 1:
             raise ValueError(f"cpc.steps must be >= 1, got {steps}")
         self.backbone, self.steps, self.key = encoder, steps, key
-        self.batch_keys = (key,)
         self.context = nn.GRU(encoder.out_dim, context_dim, batch_first=True)
         self.predictors = nn.ModuleList(nn.Linear(context_dim, encoder.out_dim) for _ in range(steps))
 

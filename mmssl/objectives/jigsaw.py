@@ -77,8 +77,6 @@ class Jigsaw(nn.Module):
         tile_norm: standardise each tile on its own (the paper's guard against low-level shortcuts)
     """
 
-    batch_keys = ("image",)
-
     def __init__(self, backbone: nn.Module, grid: int = 3, n_perms: int = 100, tile_size: int = 64, crop: float = 0.85,
                  hidden_dim: int = 1024, tile_norm: bool = True):
         super().__init__()

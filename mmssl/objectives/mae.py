@@ -28,8 +28,6 @@ class MAE(nn.Module):
         norm_pix: targets are per-patch normalised pixels
     """
 
-    batch_keys = ("image",)
-
     def __init__(self, encoder: ViT, decoder_dim: int = 512, decoder_depth: int = 8, decoder_heads: int = 16,
                  mask_ratio: float = 0.75, norm_pix: bool = True):
         super().__init__()

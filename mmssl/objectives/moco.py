@@ -1,16 +1,12 @@
-"""MoCo v2 and MoCo v3: a query encoder against a momentum key encoder.
+"""MoCo v2: a query encoder against a momentum key encoder and a queue of past keys.
 
-- v2 (Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning",
-  https://arxiv.org/abs/2003.04297, on MoCo, https://arxiv.org/abs/1911.05722): an MLP head, a
-  queue of past keys as negatives, one direction (query view 1, key view 2). `symmetric=True`
-  adds the other direction (query view 2, key view 1) and averages the two terms, as v3 does:
-  every image then trains the encoder through both of its views, as in SimCLR, BYOL and the
-  other two-view objectives here, at twice the encoder work per step; both views' keys are queued.
-  v3's loss is symmetric by design, so `symmetric` only chooses between v2's one and two directions
-  (the demo config sets it and stays valid with `moco.version=v3`).
-- v3 (Chen et al. 2021, "An Empirical Study of Training Self-Supervised Vision Transformers",
-  https://arxiv.org/abs/2104.02057): no queue; a predictor on the query side; the keys of the
-  global batch are the negatives; symmetric loss, each term scaled by 2t as in the paper's code.
+Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning",
+https://arxiv.org/abs/2003.04297, on MoCo, https://arxiv.org/abs/1911.05722: an MLP head, a queue
+of past keys as negatives, one direction (query view 1, key view 2). `symmetric=True` adds the
+other direction (query view 2, key view 1) and averages the two terms, as MoCo v3 does
+(`objectives/moco_v3.py`): every image then trains the encoder through both of its views, as in
+SimCLR, BYOL and the other two-view objectives here, at twice the encoder work per step; both
+views' keys are queued.
 
 The key encoder follows the query encoder by EMA with momentum rising from `momentum` to 1 along
 a cosine (`after_step`).
@@ -21,12 +17,9 @@ the batch statistics then mark the positive, and the encoder can learn that mark
 image (the paper's "cheating"). The paper computes keys on a shuffled split of the batch across
 GPUs; here each process splits its own batch into `bn_groups` sub-batches of at least 16 images
 (BatchNorm statistics per sub-batch, as per GPU in the paper): contiguous ones for the queries,
-those of a random permutation for the keys, so a key's sub-batch is not its query's. v3 has no
-queue (every key of the batch is normalised alike), so it needs none.
+those of a random permutation for the keys, so a key's sub-batch is not its query's.
 """
 from __future__ import annotations
-
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +27,7 @@ from torch import nn
 
 from .. import dist
 from ..collapse import embedding_std
-from ..losses import info_nce, moco_loss
+from ..losses import moco_loss
 from ..models.ema import ema_update, make_target
 from ..models.heads import mlp
 from ..models.queue import FeatureQueue
@@ -45,36 +38,23 @@ class MoCo(nn.Module):
     """backbone `[B,3,H,W] -> [B, D]`; batch `views` (2 x [B,3,H,W]).
 
     Args:
-        version: v2: queue of past keys as negatives; v3: in-batch negatives and a predictor
         proj_dim: projection width
-        hidden_dim: hidden width of the projector (and v3's predictor)
+        hidden_dim: hidden width of the projector
         temperature: InfoNCE temperature
-        queue_size: v2: past keys kept as negatives
+        queue_size: past keys kept as negatives
         momentum: starting EMA momentum of the key encoder (rises to 1 on a cosine)
-        bn_groups: v2 shuffling BN: sub-batches with their own BatchNorm statistics
-        symmetric: v2: also query view 2 against view 1's keys, and average
+        bn_groups: shuffling BN: sub-batches with their own BatchNorm statistics
+        symmetric: also query view 2 against view 1's keys, and average
     """
 
-    batch_keys = ("views",)
-
-    def __init__(self, backbone: nn.Module, version: Literal["v2", "v3"] = "v2", proj_dim: int = 128, hidden_dim: int = 2048,
-                 temperature: float = 0.2, queue_size: int = 65536, momentum: float = 0.99, bn_groups: int = 8,
-                 symmetric: bool = False):
+    def __init__(self, backbone: nn.Module, proj_dim: int = 128, hidden_dim: int = 2048, temperature: float = 0.2,
+                 queue_size: int = 65536, momentum: float = 0.99, bn_groups: int = 8, symmetric: bool = False):
         super().__init__()
-        if version not in ("v2", "v3"):
-            raise ValueError(f"MoCo version must be 'v2' or 'v3', got '{version}'")
         if bn_groups < 1:
             raise ValueError(f"MoCo bn_groups must be at least 1, got {bn_groups}")
-        self.version, self.temperature, self.momentum, self.bn_groups = version, temperature, momentum, bn_groups
-        self.symmetric = symmetric
-        if version == "v2":
-            projector = mlp(backbone.out_dim, hidden_dim, proj_dim, layers=2, norm="none")
-            self.predictor = nn.Identity()
-            self.queue = FeatureQueue(queue_size, proj_dim)
-        else:
-            projector = mlp(backbone.out_dim, hidden_dim, proj_dim, layers=3, last_norm=True)
-            self.predictor = mlp(proj_dim, hidden_dim, proj_dim, layers=2)
-        self.online = nn.Sequential(backbone, projector)
+        self.temperature, self.momentum, self.bn_groups, self.symmetric = temperature, momentum, bn_groups, symmetric
+        self.queue = FeatureQueue(queue_size, proj_dim)
+        self.online = nn.Sequential(backbone, mlp(backbone.out_dim, hidden_dim, proj_dim, layers=2, norm="none"))
         self.target = make_target(self.online)
 
     @property
@@ -85,34 +65,24 @@ class MoCo(nn.Module):
     def forward(self, batch: dict, progress: float = 0.0) -> dict:
         v1, v2 = batch["views"][:2]
         b = v1.shape[0]
-        if self.version == "v2":
-            # Sub-batches of fewer than 16 images make BatchNorm statistics too noisy to learn from,
-            # so small batches get fewer sub-batches.
-            groups = max(1, min(self.bn_groups, b // 16))
-            # Only the views a direction needs are encoded: query view 1 and key view 2, plus the
-            # reverse pair when symmetric.
-            pairs = [(v1, v2), (v2, v1)] if self.symmetric else [(v1, v2)]
-            negatives = self.queue.items.clone()  # push() then overwrites rows
-            losses, keys = [], []
-            for i, (query_view, key_view) in enumerate(pairs):
-                q = F.normalize(forward_in_groups(self.online, query_view, groups), dim=-1)
-                with torch.no_grad():
-                    shuffle = torch.randperm(b, device=key_view.device)
-                    k = F.normalize(forward_in_groups(self.target, key_view, groups, shuffle), dim=-1)
-                losses.append(moco_loss(q, k, negatives, self.temperature))
-                keys.append(k)
-                if i == 0:
-                    first_queries = q  # view 1's, whose spread is logged either way
-            self.queue.push(dist.gather_no_grad(torch.cat(keys)))  # enqueue after use, as in the paper
-            return {"loss": sum(losses) / len(losses), "embed_std": embedding_std(first_queries)}
-        q1, q2 = F.normalize(self.predictor(self.online(torch.cat([v1, v2]))), dim=-1).chunk(2)
-        with torch.no_grad():
-            k1, k2 = F.normalize(self.target(torch.cat([v1, v2])), dim=-1).chunk(2)
-        offset = dist.row_offset(b)
-        all_k1, all_k2 = dist.gather_no_grad(k1), dist.gather_no_grad(k2)
-        loss = 2 * self.temperature * (info_nce(q1, all_k2, self.temperature, offset)
-                                       + info_nce(q2, all_k1, self.temperature, offset))
-        return {"loss": loss, "embed_std": embedding_std(q1)}
+        groups = max(1, min(self.bn_groups, b // 16))
+        # Sub-batches of fewer than 16 images make BatchNorm statistics too noisy to learn from,
+        # so small batches get fewer sub-batches. Only the views a direction needs are encoded:
+        # query view 1 and key view 2, plus the reverse pair when symmetric.
+        pairs = [(v1, v2), (v2, v1)] if self.symmetric else [(v1, v2)]
+        negatives = self.queue.items.clone()  # push() then overwrites rows
+        losses, keys = [], []
+        for query_view, key_view in pairs:
+            q = F.normalize(forward_in_groups(self.online, query_view, groups), dim=-1)
+            with torch.no_grad():
+                shuffle = torch.randperm(b, device=key_view.device)
+                k = F.normalize(forward_in_groups(self.target, key_view, groups, shuffle), dim=-1)
+            losses.append(moco_loss(q, k, negatives, self.temperature))
+            keys.append(k)
+            if len(keys) == 1:
+                first_queries = q  # view 1's, whose spread is logged either way
+        self.queue.push(dist.gather_no_grad(torch.cat(keys)))  # enqueue after use, as in the paper
+        return {"loss": sum(losses) / len(losses), "embed_std": embedding_std(first_queries)}
 
     def after_step(self, progress: float) -> None:
         ema_update(self.target, self.online, cosine_schedule(progress, self.momentum, 1.0))

@@ -33,8 +33,6 @@ class RGBFlow(nn.Module):
         temperature: InfoNCE temperature
     """
 
-    batch_keys = ("video", "flow")
-
     def __init__(self, rgb: nn.Module, flow: nn.Module, eval_frames: int = 4, embed_dim: int = 128,
                  hidden_dim: int = 256, temperature: float = 0.07):
         super().__init__()

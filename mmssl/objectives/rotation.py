@@ -30,8 +30,6 @@ class Rotation(nn.Module):
         hidden_dim: hidden width of the 4-way rotation classifier
     """
 
-    batch_keys = ("image",)
-
     def __init__(self, backbone: nn.Module, hidden_dim: int = 512):
         super().__init__()
         self.backbone = backbone

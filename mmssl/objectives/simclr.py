@@ -25,8 +25,6 @@ class SimCLR(nn.Module):
         temperature: NT-Xent temperature
     """
 
-    batch_keys = ("views",)
-
     def __init__(self, backbone: nn.Module, proj_dim: int = 128, hidden_dim: int = 2048, temperature: float = 0.5):
         super().__init__()
         self.backbone, self.temperature = backbone, temperature

@@ -25,8 +25,6 @@ class SupCon(nn.Module):
         temperature: supervised-contrastive temperature
     """
 
-    batch_keys = ("views", "label")
-
     def __init__(self, backbone: nn.Module, proj_dim: int = 128, hidden_dim: int = 2048, temperature: float = 0.1):
         super().__init__()
         self.backbone, self.temperature = backbone, temperature

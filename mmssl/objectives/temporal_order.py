@@ -103,8 +103,6 @@ class TemporalOrder(nn.Module):
         fusion: how frame features are combined: pairwise differences (O3N) or concatenation
     """
 
-    batch_keys = ("video",)
-
     def __init__(self, frame_encoder: nn.Module, task: Literal["verify", "sort"] = "verify", hidden_dim: int = 512, eval_frames: int = 4,
                  fusion: Literal["difference", "concat"] = "difference"):
         super().__init__()

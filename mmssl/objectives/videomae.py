@@ -74,8 +74,6 @@ class VideoMAE(nn.Module):
         pool: clip features for probes: time (mean over space per temporal slot, slots concatenated) or tokens (mean of all tokens)
     """
 
-    batch_keys = ("video",)
-
     def __init__(self, model, mask_ratio: float = 0.9, norm_eps: float = 1 / 255,
                  pool: Literal["time", "tokens"] = "time"):
         super().__init__()
