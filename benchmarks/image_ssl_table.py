@@ -52,10 +52,9 @@ from mmssl.eval.backbone_model import BackboneEval  # noqa: E402
 from mmssl.eval.tasks import run_tasks  # noqa: E402
 from mmssl.models.encoders import build_encoder  # noqa: E402
 from mmssl.models.vit import ViT  # noqa: E402
-from mmssl.recipe_image import RESNET_32PX  # noqa: E402
+from mmssl.recipe_image import RESNET_32PX, image_objectives  # noqa: E402
 
-METHODS = ["simclr", "moco", "moco_v3", "byol", "simsiam", "dino", "barlow_twins", "vicreg", "swav", "nnclr", "mae", "rotation",
-           "jigsaw", "supcon"]
+METHODS = list(image_objectives())
 DATA = "shards/fashion_mnist"
 SIZE = 32  # the default input size; --image-size changes it
 WIDTHS = RESNET_32PX["config"]["hidden_sizes"]
@@ -123,8 +122,9 @@ def train(method: str, steps: int, out: Path, recipe: str | None = None, overrid
     """Run recipes/<recipe or method>.py with its demo config for `steps` steps into OUT/<method>;
     -> the final kNN / linear figures (and the whole final eval record), the loss at the first and last
     log, the minutes it took."""
-    run, recipe = out / method, recipe or method
-    cmd = [sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), "--config", str(ROOT / "recipes/configs" / f"{recipe}_demo.yaml"),
+    run = out / method
+    script = recipe or "image_ssl"  # the image methods share one driver; their demo configs name them
+    cmd = [sys.executable, str(ROOT / "recipes" / f"{script}.py"), "--config", str(ROOT / "recipes/configs" / f"{recipe or method}_demo.yaml"),
            f"output_dir={run}", f"max_steps={steps}", "tensorboard=false", "save_every=0", *overrides]
     started = time.time()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -223,7 +223,7 @@ def main(argv=None) -> int:
         f"backbone.config.depths=[{','.join(['1'] * len(widths))}]",
         f"backbone.config.embedding_size={widths[0] // 2}", f"augment.local_size={args.image_size // 2}"]
     # Sizes the demo configs give as half the 32-px input stay half of the new one.
-    per_method = {"mae": overrides[:1], "jigsaw": overrides + [f"jigsaw.tile_size={args.image_size // 2}"]} if overrides else {}
+    per_method = {"mae": overrides[:1] + [f"backbone.config.image_size={args.image_size}"], "jigsaw": overrides + [f"jigsaw.tile_size={args.image_size // 2}"]} if overrides else {}
     torch.manual_seed(0)
     baselines = {"raw pixels": Pixels(), "random-init ResNet": build_encoder(resnet_spec(widths))}
     if "mae" in methods or "mae" in results:  # its ViT baseline is slow at larger sizes; only MAE's row needs it

@@ -225,8 +225,14 @@ def merge(defaults: dict, file_values: dict | None = None, overrides: list[str] 
             overrides_layer[key.strip()] = raw
     layers.append(overrides_layer)
     follows = {k: key.follows for k, key in keys_of(schema).items() if key.follows}
+    # Encoder specs: a `config` belongs to its `name`, so a layer that names another encoder starts
+    # from an empty config (a Hub id must not be rebuilt from the default's architecture).
+    specs = [k for k, key in keys_of(schema).items() if isinstance(key.default, dict) and {"name", "config"} <= set(key.default)]
     explicit, followed = set(), set()
     for layer in layers:
+        for spec in specs:
+            if f"{spec}.name" in layer:
+                get(cfg, spec)["config"] = {}
         # A follower equal to its leader before this layer, not set by it, takes the leader's new value.
         same = {k for k, lead in follows.items() if k not in layer and lead in layer and get(cfg, k) == get(cfg, lead)}
         for key, value in layer.items():
@@ -273,6 +279,19 @@ def from_cli(defaults: dict, argv: list[str] | None = None, title: str = "") -> 
     if unknown:
         raise ConfigError(f"unknown option {unknown[0]} (use --config FILE and key=value overrides)")
     return merge(defaults, file_values, argv)
+
+
+def chosen(argv: list[str] | None, key: str, default):
+    """The value a command line gives top-level `key` (a `key=value` override, else the `--config`
+    file), before the whole config is merged: a recipe whose other keys depend on it (which
+    objective) reads it first. `default` where neither sets it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for arg in reversed(argv):
+        if arg.startswith(f"{key}="):
+            return yaml.safe_load(arg.split("=", 1)[1])
+    if "--config" in argv and argv.index("--config") + 1 < len(argv):
+        return load_yaml(argv[argv.index("--config") + 1]).get(key, default)
+    return default
 
 
 def get(cfg: dict, dotted: str):

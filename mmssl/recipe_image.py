@@ -1,21 +1,26 @@
-"""What every image-only SSL recipe shares: config keys, the view fields, evaluation and saving.
+"""The one driver of every image-only SSL method: `recipes/image_ssl.py`.
 
-A recipe (`recipes/simclr.py`, ...) names its objective and the fields it needs and calls
-`run_image_recipe`: config -> data -> objective -> `mmssl.train.fit` -> `runs/<name>/encoder/`.
+`objective: NAME` picks the method: the class in `mmssl/objectives/NAME.py` that declares `views`,
+the batch it trains on (a key of VIEWS). Its constructor's arguments after the backbone are the
+`NAME.*` config keys (mmssl.config.constructor_keys), so a new image method is its objective file
+and a config: config -> data -> objective -> `mmssl.train.fit` -> `runs/<name>/encoder/`.
 The trained backbone is evaluated during training with kNN and a linear probe on frozen features
 (`eval_split` of `data.val`, with `eval_train_split` as the bank and training set), and saved
-alone to `encoder/` (a transformers backbone loads with `AutoModel.from_pretrained`).
+alone to `encoder/` (a transformers backbone loads with `AutoModel.from_pretrained`). An
+objective with a `reconstruction_grid(images)` method (MAE) also draws held-out images at each
+evaluation (`reconstructions/step_XXXXXXX.png`); one with a `default_backbone` spec (MAE: its ViT)
+gets it as the `backbone` default.
 """
 from __future__ import annotations
 
-import sys
+import importlib
 from pathlib import Path
 
-from .data import ImageField, LabelField, MultiCrop, TwoViews, build_loader, ssl_augment, train_transform
+from .config import ConfigError, Key, chosen, constructor_keys, set_defaults
+from .data import ImageField, LabelField, MultiCrop, TwoViews, build_loader, eval_transform, ssl_augment, train_transform
 from .eval.backbone_model import BackboneEval
 from .eval.tasks import run_tasks
-from .models.encoders import save_image_processor
-from .config import Key, set_defaults
+from .models.encoders import build_encoder, save_image_processor
 from .train import TRAIN_DEFAULTS, fit, start
 
 # A small ResNet (transformers' ResNet, one basic block per stage) for CPU runs; the GPU configs
@@ -33,6 +38,7 @@ RESNET_32PX = {**SMALL_RESNET,
                "config": {**SMALL_RESNET["config"], "depths": [1, 1, 1], "hidden_sizes": [64, 128, 256]}}
 
 IMAGE_SSL_DEFAULTS = set_defaults(TRAIN_DEFAULTS, {
+    "objective": Key("simclr", "the image SSL method: a module of mmssl/objectives whose class declares `views`"),
     "data": {"train": "shards/fashion_mnist", "val": "shards/fashion_mnist"},
     "image_size": Key(32, "side of the square crops the backbone sees", min=8),
     # The backbone spec is free-form (a torchvision name, a Hub id, a folder or a transformers config).
@@ -71,32 +77,106 @@ def one_image(cfg: dict) -> list:
     return [ImageField(train_transform(cfg["image_size"], scale=(cfg["augment"]["scale_min"], 1.0)))]
 
 
-def with_labels(fields):
-    """Wrap a field builder so batches also carry `label` (SupCon)."""
-    def build(cfg: dict) -> list:
-        return fields(cfg) + [LabelField()]
-    return build
+def labelled_views(cfg: dict) -> list:
+    """`views` as two_views, and `label` (SupCon)."""
+    return two_views(cfg) + [LabelField()]
 
 
-def run_image_recipe(argv, defaults: dict, fields, build_objective, extra_eval=None) -> int:
-    """fields(cfg) -> [Field]; build_objective(cfg) -> objective with `.backbone`;
-    extra_eval(objective, step, cfg) -> dict adds to each evaluation (MAE's reconstructions)."""
+# What an objective's `views` attribute names: the fields its batches are built from.
+VIEWS = {"two_views": two_views, "multi_crop": multi_crop, "one_image": one_image, "labelled_views": labelled_views}
+
+
+def objective_class(name: str) -> type:
+    """The class of `mmssl/objectives/<name>.py` that declares `views`; ConfigError if there is none."""
+    try:
+        module = importlib.import_module(f"mmssl.objectives.{name}")
+    except ModuleNotFoundError:
+        module = None
+    found = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__
+             and getattr(c, "views", None) in VIEWS] if module else []
+    if len(found) != 1:
+        raise ConfigError(f"objective '{name}' is not an image SSL method (choose from {', '.join(image_objectives())})")
+    return found[0]
+
+
+def image_objectives() -> tuple[str, ...]:
+    """Every `mmssl/objectives` module that holds an image SSL method, by name."""
+    names = []
+    for path in sorted((Path(__file__).parent / "objectives").glob("*.py")):
+        module = importlib.import_module(f"mmssl.objectives.{path.stem}")
+        if any(isinstance(c, type) and c.__module__ == module.__name__ and getattr(c, "views", None) in VIEWS
+               for c in vars(module).values()):
+            names.append(path.stem)
+    return tuple(names)
+
+
+def image_defaults(name: str) -> dict:
+    """Every config key of method `name`: the shared ones and its constructor's, under `name`."""
+    cls = objective_class(name)
+    keys = {"objective": Key(name, IMAGE_SSL_DEFAULTS["objective"].help, choices=image_objectives()),
+            "output_dir": f"runs/{name}", name: constructor_keys(cls)}
+    if hasattr(cls, "default_backbone"):
+        keys["backbone"] = cls.default_backbone
+    if hasattr(cls, "reconstruction_grid"):
+        keys["reconstructions"] = Key(8, "held-out images in each evaluation's reconstruction picture", min=0)
+    return set_defaults(IMAGE_SSL_DEFAULTS, keys)
+
+
+def build_objective(cfg: dict):
+    """The configured method around the configured backbone; a bad combination is a ConfigError."""
+    name = cfg["objective"]
+    backbone = build_encoder(cfg["backbone"])
+    size = getattr(backbone, "config", {}).get("image_size") if isinstance(getattr(backbone, "config", None), dict) else None
+    if size is not None and size != cfg["image_size"]:
+        raise ConfigError(f"backbone.config.image_size is {size} but image_size is {cfg['image_size']}; make them equal")
+    try:
+        return objective_class(name)(backbone, **cfg[name])
+    except ValueError as exn:
+        raise ConfigError(f"{name}: {exn}") from None
+
+
+def save_reconstructions(model, step: int, cfg: dict) -> dict:
+    """A PNG of `reconstructions` held-out images: original | masked | reconstruction per row."""
+    from PIL import Image
+
+    from .data.image import tensor_to_pil
+
+    loader = build_loader(cfg["data"]["val"], [ImageField(eval_transform(cfg["image_size"]))], cfg["reconstructions"],
+                          split=cfg["eval_split"], shuffle=False, drop_last=False, num_workers=0, rank=0, world_size=1)
+    images = next(iter(loader))["image"].to(next(model.parameters()).device)
+    rows = [tensor_to_pil(r) for r in model.reconstruction_grid(images)]
+    sheet = Image.new("RGB", (rows[0].width, rows[0].height * len(rows)))
+    for i, r in enumerate(rows):
+        sheet.paste(r, (0, i * r.height))
+    scale = max(1, 96 // rows[0].height)
+    sheet = sheet.resize((sheet.width * scale, sheet.height * scale), Image.NEAREST)
+    out = Path(cfg["output_dir"]) / "reconstructions" / f"step_{step:07d}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return {"reconstructions": str(out)}
+
+
+def run_image_ssl(argv=None) -> int:
+    """`recipes/image_ssl.py [--config FILE] [key=value ...]`: train the configured method."""
     from .config import from_cli
     from .preflight import check_training_data, plan_eval
 
-    cfg = from_cli(defaults, argv, title=f"{Path(sys.argv[0]).name}: every config key")
+    name = chosen(argv, "objective", IMAGE_SSL_DEFAULTS["objective"].default)
+    defaults = image_defaults(name)
+    cfg = from_cli(defaults, argv, title=f"recipes/image_ssl.py objective={name}: every config key")
     check_training_data(cfg)
     tasks = plan_eval(cfg, (cfg["eval_split"], cfg["eval_train_split"]))
     objective = build_objective(cfg)
+    pictures = cfg.get("reconstructions", 0) > 0 and bool(cfg["data"]["val"])
     accelerator = start(cfg)
-    loader = build_loader(cfg["data"]["train"], fields(cfg), cfg["batch_size"], num_workers=cfg["num_workers"],
-                          seed=cfg["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"])
+    loader = build_loader(cfg["data"]["train"], VIEWS[objective.views](cfg), cfg["batch_size"],
+                          num_workers=cfg["num_workers"], seed=cfg["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"])
     evaluate = None
-    if cfg["data"]["val"] and (tasks or extra_eval):
+    if cfg["data"]["val"] and (tasks or pictures):
         def evaluate(model, step):
             out = run_tasks(BackboneEval(model.backbone), tasks, cfg["data"]["val"], cfg["eval_split"],
                             cfg["image_size"], batch_size=256, workers=0, train_split=cfg["eval_train_split"])
-            return {**out, **(extra_eval(model, step, cfg) if extra_eval else {})}
+            return {**out, **(save_reconstructions(model, step, cfg) if pictures else {})}
 
     fit(accelerator, cfg, objective, loader, evaluate)
     if accelerator.is_main_process:

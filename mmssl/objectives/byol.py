@@ -36,6 +36,8 @@ class BYOL(nn.Module):
         per_view_bn: encode each view alone, so BatchNorm statistics are per view (the paper's)
     """
 
+    views = "two_views"  # the batch it trains on: mmssl.recipe_image.VIEWS
+
     def __init__(self, backbone: nn.Module, proj_dim: int = 256, hidden_dim: int = 4096, momentum: float = 0.996,
                  predictor_lr_mult: float = 1.0, per_view_bn: bool = True):
         super().__init__()

@@ -36,6 +36,8 @@ class DINO(nn.Module):
         momentum: starting EMA momentum of the teacher (rises to 1 on a cosine)
     """
 
+    views = "multi_crop"  # the batch it trains on: mmssl.recipe_image.VIEWS
+
     def __init__(self, backbone: nn.Module, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
                  n_global: int = 2, student_temp: float = 0.1, teacher_temp: float = 0.04,
                  warmup_teacher_temp: float = 0.04, teacher_temp_warmup: float = 0.1, center_momentum: float = 0.9,

@@ -77,6 +77,8 @@ class Jigsaw(nn.Module):
         tile_norm: standardise each tile on its own (the paper's guard against low-level shortcuts)
     """
 
+    views = "one_image"  # the batch it trains on: mmssl.recipe_image.VIEWS
+
     def __init__(self, backbone: nn.Module, grid: int = 3, n_perms: int = 100, tile_size: int = 64, crop: float = 0.85,
                  hidden_dim: int = 1024, tile_norm: bool = True):
         super().__init__()

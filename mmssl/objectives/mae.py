@@ -13,7 +13,7 @@ from torch import nn
 
 from ..collapse import embedding_std
 from ..losses import masked_patch_mse
-from ..models.masking import patchify
+from ..models.masking import patchify, unpatchify
 from ..models.vit import ViT, blocks, sincos_2d
 
 
@@ -28,9 +28,16 @@ class MAE(nn.Module):
         norm_pix: targets are per-patch normalised pixels
     """
 
+    views = "one_image"  # the batch it trains on: mmssl.recipe_image.VIEWS
+    # The backbone it is built for, the driver's default `backbone`: mmssl's ViT at the demo's 32 px.
+    default_backbone = {"name": "mmssl_vit", "config": {"image_size": 32, "patch_size": 4, "dim": 192, "depth": 6,
+                                                        "heads": 3}}
+
     def __init__(self, encoder: ViT, decoder_dim: int = 512, decoder_depth: int = 8, decoder_heads: int = 16,
                  mask_ratio: float = 0.75, norm_pix: bool = True):
         super().__init__()
+        if not isinstance(encoder, ViT):
+            raise ValueError(f"MAE needs mmssl's ViT as its backbone (backbone.name: mmssl_vit), not {type(encoder).__name__}")
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         self.backbone, self.mask_ratio, self.norm_pix = encoder, mask_ratio, norm_pix
@@ -64,3 +71,19 @@ class MAE(nn.Module):
     def forward(self, batch: dict, progress: float = 0.0) -> dict:
         loss, _, mask, latent = self.reconstruct(batch["image"])
         return {"loss": loss, "masked_share": mask.mean(), "embed_std": embedding_std(latent[:, 1:].mean(1))}
+
+    @torch.no_grad()
+    def reconstruction_grid(self, images: torch.Tensor) -> torch.Tensor:
+        """[N, 3, S, S] -> [N, 3, S, 3S]: original | masked (hidden patches grey) | reconstruction with
+        the visible patches pasted back. A norm_pix prediction is put back in pixel units with each
+        target patch's own mean and variance, as in the MAE paper's figures."""
+        p, s = self.backbone.patch_size, images.shape[-1]
+        _, pred, mask, _ = self.reconstruct(images)
+        patches = patchify(images, p)
+        if self.norm_pix:
+            mean, var = patches.mean(-1, keepdim=True), patches.var(-1, keepdim=True)
+            pred = pred * (var + 1e-6).sqrt() + mean
+        m = mask.unsqueeze(-1)
+        masked = unpatchify(patches * (1 - m), p, 3, s, s)
+        recon = unpatchify(patches * (1 - m) + pred * m, p, 3, s, s)
+        return torch.cat([images, masked, recon], dim=-1)

@@ -47,6 +47,8 @@ class MoCo(nn.Module):
         symmetric: also query view 2 against view 1's keys, and average
     """
 
+    views = "two_views"  # the batch it trains on: mmssl.recipe_image.VIEWS
+
     def __init__(self, backbone: nn.Module, proj_dim: int = 128, hidden_dim: int = 2048, temperature: float = 0.2,
                  queue_size: int = 65536, momentum: float = 0.99, bn_groups: int = 8, symmetric: bool = False):
         super().__init__()

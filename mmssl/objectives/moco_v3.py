@@ -32,6 +32,8 @@ class MoCoV3(nn.Module):
         momentum: starting EMA momentum of the key encoder (rises to 1 on a cosine)
     """
 
+    views = "two_views"  # the batch it trains on: mmssl.recipe_image.VIEWS
+
     def __init__(self, backbone: nn.Module, proj_dim: int = 128, hidden_dim: int = 2048, temperature: float = 0.2,
                  momentum: float = 0.99):
         super().__init__()

@@ -36,6 +36,8 @@ class NNCLR(nn.Module):
         queue_size: support set of past projections the nearest neighbour is taken from
     """
 
+    views = "two_views"  # the batch it trains on: mmssl.recipe_image.VIEWS
+
     def __init__(self, backbone: nn.Module, proj_dim: int = 256, hidden_dim: int = 2048, pred_hidden_dim: int = 4096,
                  temperature: float = 0.1, queue_size: int = 98304):
         super().__init__()

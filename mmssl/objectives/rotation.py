@@ -30,6 +30,8 @@ class Rotation(nn.Module):
         hidden_dim: hidden width of the 4-way rotation classifier
     """
 
+    views = "one_image"  # the batch it trains on: mmssl.recipe_image.VIEWS
+
     def __init__(self, backbone: nn.Module, hidden_dim: int = 512):
         super().__init__()
         self.backbone = backbone

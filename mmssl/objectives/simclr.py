@@ -25,6 +25,8 @@ class SimCLR(nn.Module):
         temperature: NT-Xent temperature
     """
 
+    views = "two_views"  # the batch it trains on: mmssl.recipe_image.VIEWS
+
     def __init__(self, backbone: nn.Module, proj_dim: int = 128, hidden_dim: int = 2048, temperature: float = 0.5):
         super().__init__()
         self.backbone, self.temperature = backbone, temperature

@@ -30,6 +30,8 @@ class SimSiam(nn.Module):
         predictor_fixed_lr: the predictor's rate stays at its base value instead of following the schedule (the paper's)
     """
 
+    views = "two_views"  # the batch it trains on: mmssl.recipe_image.VIEWS
+
     def __init__(self, backbone: nn.Module, proj_dim: int = 2048, pred_dim: int = 512, predictor_lr_mult: float = 1.0,
                  predictor_fixed_lr: bool = True):
         super().__init__()

@@ -25,6 +25,8 @@ class SupCon(nn.Module):
         temperature: supervised-contrastive temperature
     """
 
+    views = "labelled_views"  # the batch it trains on: mmssl.recipe_image.VIEWS
+
     def __init__(self, backbone: nn.Module, proj_dim: int = 128, hidden_dim: int = 2048, temperature: float = 0.1):
         super().__init__()
         self.backbone, self.temperature = backbone, temperature

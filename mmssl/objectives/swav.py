@@ -36,6 +36,8 @@ class SwAV(nn.Module):
         freeze_prototypes: share of training with the prototypes held fixed
     """
 
+    views = "multi_crop"  # the batch it trains on: mmssl.recipe_image.VIEWS
+
     def __init__(self, backbone: nn.Module, proj_dim: int = 128, hidden_dim: int = 2048, n_prototypes: int = 3000,
                  n_global: int = 2, temperature: float = 0.1, epsilon: float = 0.05, sinkhorn_iters: int = 3,
                  queue_size: int = 0, queue_start: float = 0.15, freeze_prototypes: float = 0.0):

@@ -26,6 +26,8 @@ class VICReg(nn.Module):
         cov_weight: weight of the covariance term
     """
 
+    views = "two_views"  # the batch it trains on: mmssl.recipe_image.VIEWS
+
     def __init__(self, backbone: nn.Module, proj_dim: int = 8192, hidden_dim: int = 8192, sim_weight: float = 25.0,
                  var_weight: float = 25.0, cov_weight: float = 1.0):
         super().__init__()
