@@ -19,6 +19,7 @@ from mmssl.models.encoders import build_encoder
 from mmssl.models.vit import ViT
 from mmssl.objectives.barlow_twins import BarlowTwins
 from mmssl.objectives.byol import BYOL
+from mmssl.objectives.deep_infomax import DeepInfoMax
 from mmssl.objectives.dino import DINO
 from mmssl.objectives.jigsaw import Jigsaw
 from mmssl.objectives.mae import MAE
@@ -61,6 +62,7 @@ CASES = {
     "rotation": (lambda: Rotation(backbone(), 128), one_image, 1e-3),
     "jigsaw": (lambda: Jigsaw(backbone(), grid=2, n_perms=24, tile_size=16, hidden_dim=128), one_image, 1e-3),
     "supcon": (lambda: SupCon(backbone(), 64, 256), "labels", 1e-3),
+    "deep_infomax": (lambda: DeepInfoMax(backbone(), local_stage=1, embed_dim=64, hidden_dim=128), one_image, 1e-3),
 }
 
 
