@@ -221,9 +221,12 @@ def main(argv=None) -> int:
     overrides = [] if setup == {"image_size": SIZE, "widths": WIDTHS} else [
         f"image_size={args.image_size}", f"backbone.config.hidden_sizes=[{','.join(map(str, widths))}]",
         f"backbone.config.depths=[{','.join(['1'] * len(widths))}]",
-        f"backbone.config.embedding_size={widths[0] // 2}", f"augment.local_size={args.image_size // 2}"]
+        f"backbone.config.embedding_size={widths[0] // 2}"]
     # Sizes the demo configs give as half the 32-px input stay half of the new one.
-    per_method = {"mae": overrides[:1] + [f"backbone.config.image_size={args.image_size}"], "jigsaw": overrides + [f"jigsaw.tile_size={args.image_size // 2}"]} if overrides else {}
+    local = [f"augment.local_size={args.image_size // 2}"]
+    per_method = {"mae": overrides[:1] + [f"backbone.config.image_size={args.image_size}"], "dino": overrides + local,
+                  "swav": overrides + local, "jigsaw": overrides + [f"jigsaw.tile_size={args.image_size // 2}"]} \
+        if overrides else {}
     torch.manual_seed(0)
     baselines = {"raw pixels": Pixels(), "random-init ResNet": build_encoder(resnet_spec(widths))}
     if "mae" in methods or "mae" in results:  # its ViT baseline is slow at larger sizes; only MAE's row needs it

@@ -68,7 +68,7 @@ def multi_crop(cfg: dict) -> list:
     """`views`: 2 global crops then `n_local` small ones (DINO, SwAV)."""
     a = cfg["augment"]
     crops = MultiCrop(cfg["image_size"], a["local_size"], 2, a["n_local"], global_scale=(a["scale_min"], 1.0),
-                      local_scale=(0.05, a["local_scale_max"]), color=a["color"])
+                      local_scale=(0.05, a["local_scale_max"]), color=a["color"], blur=a["blur"], solarize=a["solarize"])
     return [ImageField(crops, out_key="views")]
 
 
@@ -84,6 +84,19 @@ def labelled_views(cfg: dict) -> list:
 
 # What an objective's `views` attribute names: the fields its batches are built from.
 VIEWS = {"two_views": two_views, "multi_crop": multi_crop, "one_image": one_image, "labelled_views": labelled_views}
+# The augment keys each kind of views reads; the user setting another is told it does nothing.
+AUGMENT_READ = {"two_views": {"scale_min", "color", "blur", "solarize"}, "labelled_views": {"scale_min", "color", "blur", "solarize"},
+                "multi_crop": {"scale_min", "color", "blur", "solarize", "local_size", "n_local", "local_scale_max"},
+                "one_image": {"scale_min"}}
+
+
+def check_augment(cfg: dict, views: str) -> None:
+    """ConfigError for an `augment.*` key the user set that this method's views never read."""
+    unread = sorted(k for k in getattr(cfg, "explicit", ()) if k.startswith("augment.")
+                    and k.split(".", 1)[1] not in AUGMENT_READ[views])
+    if unread:
+        raise ConfigError(f"{unread[0]} does nothing for {cfg['objective']} ({views}: it reads augment."
+                          f"{', augment.'.join(sorted(AUGMENT_READ[views]))}); remove it")
 
 
 def objective_class(name: str) -> type:
@@ -167,6 +180,7 @@ def run_image_ssl(argv=None) -> int:
     check_training_data(cfg)
     tasks = plan_eval(cfg, (cfg["eval_split"], cfg["eval_train_split"]))
     objective = build_objective(cfg)
+    check_augment(cfg, objective.views)
     pictures = cfg.get("reconstructions", 0) > 0 and bool(cfg["data"]["val"])
     accelerator = start(cfg)
     loader = build_loader(cfg["data"]["train"], VIEWS[objective.views](cfg), cfg["batch_size"],

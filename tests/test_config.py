@@ -78,13 +78,14 @@ def test_every_recipe_config_is_valid_for_its_recipe():
     root = Path(__file__).resolve().parents[1]
     configs = sorted((root / "recipes" / "configs").glob("*.yaml"))
     assert len(configs) >= 36
-    from mmssl.recipe_image import image_defaults, image_objectives
+    from mmssl.recipe_image import check_augment, image_defaults, image_objectives, objective_class
 
     for path in configs:
         objective = yaml.safe_load(path.read_text()).get("objective")
         if objective is not None:  # an image method, for recipes/image_ssl.py
             assert path.stem.rsplit("_", 1)[0] == objective, path.name
-            from_cli(image_defaults(objective), ["--config", str(path)])
+            cfg = from_cli(image_defaults(objective), ["--config", str(path)])
+            check_augment(cfg, objective_class(objective).views)
             continue
         recipe = next(r for r in sorted((root / "recipes").glob("*.py"), key=lambda p: -len(p.stem))
                       if path.stem.startswith(r.stem + "_"))
@@ -169,3 +170,14 @@ def test_naming_another_encoder_starts_from_its_own_config():
     with pytest.raises(ConfigError, match="MAE needs mmssl's ViT"):
         build_objective(merge(image_defaults("mae"), None, ["backbone.name=resnet18"]))
     assert build_objective(merge(image_defaults("mae"), None, [])).backbone.out_dim == 192  # its ViT by default
+
+
+def test_an_augment_key_a_method_never_reads_is_refused():
+    from mmssl.recipe_image import check_augment, image_defaults, objective_class
+
+    for name, key in (("mae", "augment.blur=0.5"), ("rotation", "augment.color=0.5"), ("simclr", "augment.n_local=2")):
+        with pytest.raises(ConfigError, match=f"{key.split('=')[0]} does nothing for {name}"):
+            check_augment(merge(image_defaults(name), None, [key]), objective_class(name).views)
+    # Multi-crop reads blur and solarize now; the defaults, set by nobody, are never refused.
+    check_augment(merge(image_defaults("dino"), None, ["augment.blur=0.1", "augment.solarize=0.2"]), "multi_crop")
+    check_augment(merge(image_defaults("mae"), None, []), "one_image")

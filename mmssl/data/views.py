@@ -44,9 +44,10 @@ class MultiCrop:
     """`n_global` large crops then `n_local` small crops (DINO, SwAV)."""
 
     def __init__(self, global_size=224, local_size=96, n_global=2, n_local=6,
-                 global_scale=(0.4, 1.0), local_scale=(0.05, 0.4), color: float = 1.0):
-        self.global_t = ssl_augment(global_size, global_scale, color=color)
-        self.local_t = ssl_augment(local_size, local_scale, color=color)
+                 global_scale=(0.4, 1.0), local_scale=(0.05, 0.4), color: float = 1.0, blur: float = 0.5,
+                 solarize: float = 0.0):
+        self.global_t = ssl_augment(global_size, global_scale, blur=blur, solarize=solarize, color=color)
+        self.local_t = ssl_augment(local_size, local_scale, blur=blur, solarize=solarize, color=color)
         self.n_global, self.n_local = n_global, n_local
 
     def __call__(self, img):
