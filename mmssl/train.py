@@ -137,12 +137,15 @@ def start(cfg: dict):
 
 
 def _to_device(batch: dict, device) -> dict:
-    """Move tensors (and lists of tensors, e.g. multi-crop views) to `device`; keep keys and texts."""
+    """Move tensors (and lists of tensors, e.g. multi-crop views, and the batches of named streams,
+    mmssl.data.ZippedLoaders) to `device`; keep keys and texts."""
     def move(v):
         if isinstance(v, torch.Tensor):
             return v.to(device, non_blocking=True)
         if isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
             return [x.to(device, non_blocking=True) for x in v]
+        if isinstance(v, dict):
+            return _to_device(v, device)
         return v
 
     return {k: move(v) for k, v in batch.items()}
@@ -192,6 +195,9 @@ class MetricsLog:
 
 def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=None) -> dict:
     """Train `objective` on `loader` for `cfg['max_steps']` steps; returns the last eval metrics.
+
+    `loader` is a `ShardLoader`, or a `ZippedLoaders` of named streams whose batches arrive as
+    `{name: batch}`, each stream resumed at its own position.
 
     evaluate(model, step) -> dict runs on the main process (every `eval_every` steps and at the end);
     other ranks wait. The model passed is unwrapped and in eval mode.

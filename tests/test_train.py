@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,3 +136,37 @@ def test_clip_learns_on_real_captions(tmp_path, loss, fall):
     final = [r for r in records if r.get("event") == "eval"][-1]
     assert final["text_to_image_R@10"] > 2 * 10 / final["eval_samples"]
     assert final["zero_shot_top1"] > 2 * final["zero_shot_chance"]
+
+
+def test_two_named_streams_resume_each_at_its_own_position(fashion_shards, tmp_path):
+    """fit on ZippedLoaders (a labelled and an unlabelled stream of other batch sizes, their own
+    epochs): resumed from a checkpoint in the middle, every later step sees the same samples of
+    both streams and the run ends with the same parameters as one that never stopped."""
+    script = str(ROOT / "tests" / "scripts" / "zipped_fit.py")
+    args = ["max_steps=30", "save_every=10", "keep_checkpoints=5", "log_every=5", "tensorboard=false", "num_workers=2"]
+
+    def run(out, *extra):
+        subprocess.run([sys.executable, script, str(fashion_shards), f"output_dir={out}", *args, *extra], check=True,
+                       env=ENV, capture_output=True, cwd=ROOT)
+
+    def steps(out) -> dict:  # the last record of each step: a resumed run redoes the steps after its checkpoint
+        return {round(r["progress"] * 30): r for r in map(json.loads, (out / "keys.jsonl").read_text().splitlines())}
+
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    run(ref)
+    run(cut)
+    for late in ("step_0000020", "step_0000030"):  # as if it had died after step 10's checkpoint
+        shutil.rmtree(cut / "checkpoints" / late)
+    run(cut, "resume=true")
+    a, b = steps(ref), steps(cut)
+    assert len(a) == 30 and a == b
+    # 4 labelled images a step, never twice within the 400-image epoch; 8 unlabelled ones a step go
+    # through the 100 test images (12 batches an epoch) twice and a half, so the cut at step 10 falls
+    # mid-epoch for one stream and the run crosses epochs of the other.
+    assert len({k for r in a.values() for k in r["labelled"]}) == 120
+    assert len({k for r in a.values() for k in r["unlabelled"]}) == 100
+    first, last = (load_file(str(d / "checkpoints" / "step_0000030" / "model.safetensors")) for d in (ref, cut))
+    for k in first:
+        torch.testing.assert_close(last[k], first[k], rtol=0, atol=0, msg=k)
+    stats = [json.loads(ln) for ln in (cut / "metrics.jsonl").read_text().splitlines() if '"end"' in ln][-1]
+    assert stats["data/labelled/samples"] > 0 and stats["data/unlabelled/samples"] > 0

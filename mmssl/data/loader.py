@@ -99,6 +99,44 @@ class ShardLoader:
         self._stats_before = Counter(state["stats_before"])
 
 
+class ZippedLoaders:
+    """Several named loaders read in step: each batch is `{name: that loader's next batch}`.
+
+    The ratio between the streams is fixed by their batch sizes (FixMatch: B labelled images and
+    mu * B unlabelled ones per step). Each stream runs its own epochs and keeps its own exact
+    position, so `state_dict()` resumes every one of them where it stopped. It offers what
+    `mmssl.train.fit` and the checkpoints use of a `ShardLoader`.
+    """
+
+    def __init__(self, loaders: dict[str, ShardLoader]):
+        if not loaders:
+            raise ValueError("ZippedLoaders needs at least one named loader")
+        self.loaders = dict(loaders)
+
+    def forever(self) -> Iterator[dict]:
+        streams = {name: loader.forever() for name, loader in self.loaders.items()}
+        while True:
+            yield {name: next(stream) for name, stream in streams.items()}
+
+    @property
+    def epoch(self) -> int:
+        """The first stream's epoch (the one a run is counted in)."""
+        return next(iter(self.loaders.values())).epoch
+
+    @property
+    def stats(self) -> dict:
+        return {f"{name}/{k}": v for name, loader in self.loaders.items() for k, v in loader.stats.items()}
+
+    def state_dict(self) -> dict:
+        return {name: loader.state_dict() for name, loader in self.loaders.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if set(state) != set(self.loaders):
+            raise ValueError(f"cannot resume the data streams: saved {sorted(state)}, now {sorted(self.loaders)}")
+        for name, loader in self.loaders.items():
+            loader.load_state_dict(state[name])
+
+
 def build_loader(
     spec,
     fields: list,
