@@ -22,7 +22,6 @@ import csv
 import gzip
 import hashlib
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -122,9 +121,11 @@ def stage_videos(raw: Path) -> Path:
 
 
 def make_shards(*args: str) -> None:
-    cmd = [sys.executable, str(HERE / "make_shards.py"), *args]
-    print("$", " ".join(cmd[1:]), file=sys.stderr)
-    subprocess.run(cmd, check=True)
+    from mmssl.data.ingest import main as make_shards_main
+
+    print("$ tools/make_shards.py", " ".join(args), file=sys.stderr)
+    if make_shards_main(list(args)) != 0:
+        raise SystemExit(f"make_shards {args[0]} {args[1]} wrote nothing")
 
 
 def main(argv=None) -> int:

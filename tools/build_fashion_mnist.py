@@ -17,14 +17,12 @@ from __future__ import annotations
 import argparse
 import gzip
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-HERE = Path(__file__).resolve().parent
 SOURCE = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = ["t-shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
 FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -72,10 +70,10 @@ def main(argv=None) -> int:
     shutil.rmtree(raw, ignore_errors=True)
     n = stage(raw, {"train": args.train_per_class, "test": args.test_per_class})
     print(f"staged {n} PNGs under {raw}")
-    cmd = [sys.executable, str(HERE / "make_shards.py"), "images", str(raw), str(args.out), "--split-dirs",
-           "--samples-per-shard", "2000", "--workers", str(args.workers), "--overwrite"]
-    subprocess.run(cmd, check=True)
-    return 0
+    from mmssl.data.ingest import main as make_shards
+
+    return make_shards(["images", str(raw), str(args.out), "--split-dirs", "--samples-per-shard", "2000",
+                        "--workers", str(args.workers), "--overwrite"])
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
 ASTERISK = Path("/usr/share/asterisk/sounds/en")
 VOICES = ["en-us+m1", "en-us+f2", "en-gb+m3", "en-gb+f4", "en-gb-scotland+m2", "en-gb-x-rp+f1", "en-029+m4",
           "en-us-nyc+f3"]
@@ -72,9 +71,10 @@ def main(argv=None) -> int:
             w = csv.writer(f)
             w.writerow(["path", "label"])
             w.writerows(table)
-        cmd = [sys.executable, str(ROOT / "tools/make_shards.py"), "audio", str(csv_path), str(out / name),
-               "--val-fraction", "0.25", "--samples-per-shard", "500", "--workers", "2", "--overwrite"]
-        if subprocess.run(cmd).returncode != 0:
+        from mmssl.data.ingest import main as make_shards
+
+        if make_shards(["audio", str(csv_path), str(out / name), "--val-fraction", "0.25", "--samples-per-shard", "500",
+                        "--workers", "2", "--overwrite"]) != 0:
             return 1
     return 0
 

@@ -69,17 +69,16 @@ def write_clip(path: Path, frames: list[np.ndarray], fps: float, audio: np.ndarr
 
 def render_and_shard(render_job, jobs: list, raw: Path, out: Path, workers: int, desc: str) -> int:
     """Render `jobs` with `render_job` in `workers` processes (a progress bar), then shard the
-    `raw/{split}/{class}/` tree into `out` with `make_shards.py videos --split-dirs`. -> exit status."""
-    import subprocess
+    `raw/{split}/{class}/` tree into `out` with make_shards' `videos --split-dirs`. -> exit status."""
     import sys
     from multiprocessing import Pool
 
     from tqdm import tqdm
 
+    from mmssl.data.ingest import main as make_shards
+
     with Pool(workers) as pool:
         for _ in tqdm(pool.imap_unordered(render_job, jobs), total=len(jobs), desc=desc, unit="clip", file=sys.stderr):
             pass
-    tool = Path(__file__).resolve().parent / "make_shards.py"
-    cmd = [sys.executable, str(tool), "videos", str(raw), str(out), "--split-dirs", "--samples-per-shard", "256",
-           "--workers", str(workers), "--overwrite"]
-    return subprocess.run(cmd).returncode
+    return make_shards(["videos", str(raw), str(out), "--split-dirs", "--samples-per-shard", "256",
+                        "--workers", str(workers), "--overwrite"])
