@@ -48,7 +48,7 @@ from record import write_record  # noqa: E402
 from mmssl.config import from_cli  # noqa: E402
 from mmssl.eval.video_tasks import video_probes  # noqa: E402
 from mmssl.models.encoders import build_encoder  # noqa: E402
-from mmssl.objectives.temporal_order import ordered_frame_features  # noqa: E402
+from mmssl.objectives.frame_tuples import ordered_frame_features  # noqa: E402
 
 DATA = "shards/motion"
 # name -> (recipe, overrides)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Temporal order on video shards (mmssl.objectives.temporal_order): Shuffle and Learn or order sorting.
+"""Temporal order on video shards: Shuffle and Learn (mmssl.objectives.shuffle_and_learn) or order
+prediction (mmssl.objectives.order_prediction), chosen by `temporal_order.task`.
 
     accelerate launch recipes/temporal_order.py --config recipes/configs/temporal_order_demo.yaml key=value ...
 
@@ -17,20 +18,27 @@ from pathlib import Path
 from mmssl.cli import run_main
 from mmssl.config import Key, constructor_keys, set_defaults
 from mmssl.models.encoders import build_encoder
-from mmssl.objectives.temporal_order import TemporalOrder
+from mmssl.objectives.order_prediction import OrderPrediction
+from mmssl.objectives.shuffle_and_learn import ShuffleAndLearn
 from mmssl.recipe_image import SMALL_RESNET
 from mmssl.recipe_video import VIDEO_DEFAULTS, run_video_recipe
 
-DEFAULTS = set_defaults(VIDEO_DEFAULTS, {"output_dir": "runs/temporal_order", "image_size": 64,
-                                         "backbone": Key(SMALL_RESNET, "frame encoder spec (mmssl.models.encoders)"),
-                                         "temporal_order": constructor_keys(TemporalOrder)})
+# The two objectives take the same arguments (tests/test_video_objectives.py checks it).
+TASKS = {"verify": ShuffleAndLearn, "sort": OrderPrediction}
+DEFAULTS = set_defaults(VIDEO_DEFAULTS, {
+    "output_dir": "runs/temporal_order", "image_size": 64,
+    "backbone": Key(SMALL_RESNET, "frame encoder spec (mmssl.models.encoders)"),
+    "temporal_order": {"task": Key("verify", "verify: is this frame order correct (Shuffle and Learn); sort: which "
+                                              "of the orders is it (order prediction)", choices=tuple(TASKS)),
+                       **constructor_keys(ShuffleAndLearn)}})
 
 
 def objective(cfg):
-    return TemporalOrder(build_encoder(cfg["backbone"]), **cfg["temporal_order"])
+    keys = {k: v for k, v in cfg["temporal_order"].items() if k != "task"}
+    return TASKS[cfg["temporal_order"]["task"]](build_encoder(cfg["backbone"]), **keys)
 
 
-def save(model: TemporalOrder, cfg) -> None:
+def save(model, cfg) -> None:
     model.backbone.save_pretrained(Path(cfg["output_dir"]) / "encoder")
 
 

@@ -10,8 +10,11 @@ import torch
 from mmssl.losses import videomae_loss
 from mmssl.models.encoders import EncoderSpecError
 from mmssl.models.masking import tube_mask, tubelet_patchify, tubelet_unpatchify
-from mmssl.objectives.temporal_order import (ORDER_CLASSES, TemporalOrder, gather_frames, sample_windows, sort_tuples,
-                                             verify_tuples)
+from mmssl.objectives.frame_tuples import fuse, gather_frames, sample_windows
+from mmssl.objectives.order_prediction import ORDER_CLASSES, OrderPrediction, sort_tuples
+from mmssl.objectives.shuffle_and_learn import ShuffleAndLearn, verify_tuples
+
+TASKS = {"verify": ShuffleAndLearn, "sort": OrderPrediction}
 from mmssl.objectives.videomae import VideoMAE, load_videomae
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,
@@ -183,7 +186,7 @@ def test_temporal_order_heads_and_clip_features():
     frames = gather_frames(video, torch.tensor([[0, 3, 9]] * 4))
     assert torch.equal(frames[2, 1], video[2, 3])
     for (task, classes), fusion in itertools.product((("verify", 2), ("sort", 12)), ("difference", "concat")):
-        model = TemporalOrder(build_encoder(SMALL_RESNET), task, hidden_dim=32, eval_frames=4, fusion=fusion)
+        model = TASKS[task](build_encoder(SMALL_RESNET), hidden_dim=32, eval_frames=4, fusion=fusion)
         torch.manual_seed(5)
         logits, labels, _ = model.logits(video)
         assert logits.shape == (4, classes) and labels.max() < classes
@@ -192,10 +195,13 @@ def test_temporal_order_heads_and_clip_features():
         torch.testing.assert_close(out["loss"], torch.nn.functional.cross_entropy(logits, labels))
         assert float(out["acc"]) == float((logits.argmax(1) == labels).float().mean())
         assert model.eval().video_features(video).shape == (4, 4 * 512)
-    with pytest.raises(ValueError, match="verify' or 'sort"):
-        TemporalOrder(build_encoder(SMALL_RESNET), "odd")
-    with pytest.raises(ValueError, match="fusion must be 'difference' or 'concat', got 'sum'"):
-        TemporalOrder(build_encoder(SMALL_RESNET), "verify", fusion="sum")
+    for cls in TASKS.values():
+        with pytest.raises(ValueError, match="fusion must be 'difference' or 'concat', got 'sum'"):
+            cls(build_encoder(SMALL_RESNET), fusion="sum")
+    # The recipe picks one by `temporal_order.task` and gives it the same keys.
+    import inspect
+
+    assert inspect.signature(ShuffleAndLearn).parameters.keys() == inspect.signature(OrderPrediction).parameters.keys()
 
 
 def test_difference_fusion_feeds_steps_between_frames():
@@ -205,10 +211,10 @@ def test_difference_fusion_feeds_steps_between_frames():
     class Enc(torch.nn.Identity):
         out_dim = 5
 
-    diff, cat = TemporalOrder(Enc(), fusion="difference"), TemporalOrder(Enc(), fusion="concat")
-    assert torch.equal(diff.fuse(a, b), b - a) and torch.equal(cat.fuse(a, b), torch.cat([a, b], 1))
+    diff, cat = ShuffleAndLearn(Enc(), fusion="difference"), ShuffleAndLearn(Enc(), fusion="concat")
+    assert torch.equal(fuse(a, b, "difference"), b - a) and torch.equal(fuse(a, b, "concat"), torch.cat([a, b], 1))
     assert diff.classifier[0].in_features == 10 and cat.classifier[0].in_features == 15
-    assert TemporalOrder(Enc(), "sort", fusion="difference").pair.in_features == 5
+    assert OrderPrediction(Enc(), fusion="difference").pair.in_features == 5
 
 
 def test_rgb_flow_loss_is_infonce_between_each_clips_frames_and_its_flow():

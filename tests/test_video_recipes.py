@@ -97,7 +97,8 @@ def test_videomae_raw_pixel_loss_halves_on_real_clips(motion_shards):
 def test_temporal_order_learns_on_real_clips(task, steps, floor, motion_shards):
     """Held-out photos' clips: verify accuracy clearly above its chance of 1/2, sort above 1/12."""
     from mmssl.models.encoders import build_encoder
-    from mmssl.objectives.temporal_order import TemporalOrder
+    from mmssl.objectives.order_prediction import OrderPrediction
+    from mmssl.objectives.shuffle_and_learn import ShuffleAndLearn
     from mmssl.recipe_image import SMALL_RESNET
 
     torch.manual_seed(0)
@@ -105,7 +106,7 @@ def test_temporal_order_learns_on_real_clips(task, steps, floor, motion_shards):
     test = build_loader(str(motion_shards), [VideoField(16, 1, 64, train=False)], 64, split="test", shuffle=False,
                         drop_last=False, num_workers=0, rank=0, world_size=1)
     test_clips = torch.cat([b["video"] for b in test])
-    model = TemporalOrder(build_encoder(SMALL_RESNET), task, hidden_dim=256)
+    model = {"verify": ShuffleAndLearn, "sort": OrderPrediction}[task](build_encoder(SMALL_RESNET), hidden_dim=256)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     for batch in itertools.islice(itertools.cycle(train), steps):
         loss = model(batch)["loss"]

@@ -97,7 +97,7 @@ class FramesInput(nn.Module):
         self.encoder, self.frames, self.out_dim = encoder, frames, frames * encoder.out_dim
 
     def forward(self, batch: dict) -> torch.Tensor:
-        from ..objectives.temporal_order import ordered_frame_features
+        from ..objectives.frame_tuples import ordered_frame_features
 
         return ordered_frame_features(self.encoder, batch["video"], self.frames)
 

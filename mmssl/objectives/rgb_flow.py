@@ -19,7 +19,7 @@ from .. import dist
 from ..collapse import embedding_std
 from ..losses import clip_loss
 from ..models.heads import mlp
-from .temporal_order import ordered_frame_features
+from .frame_tuples import ordered_frame_features
 
 
 class RGBFlow(nn.Module):
