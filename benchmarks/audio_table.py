@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "recipes"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from image_ssl_table import train  # noqa: E402
+import docs_tables  # noqa: E402
 from record import write_record  # noqa: E402
 
 from mmssl.data import AudioField  # noqa: E402
@@ -162,6 +163,7 @@ def main(argv=None) -> int:
     table = "\n".join(lines)
     (args.out / "table.md").write_text(table + "\n")
     write_record(ROOT / "benchmarks/results/audio_table.json", results=res, table=table)
+    docs_tables.main([])  # the docs' block of this record follows it
     print(table)
     return 0
 

@@ -80,3 +80,15 @@ def test_readme_own_data_then_transformers_only_clip(stamp_tree, tmp_path):
     ours = (image @ model.text_embed(["a photo of a koala"]).T).item()
     # transformers' resize rounds some pixels one level of 255 away from Pillow's: close, not equal.
     assert abs(theirs - ours) < 1e-3, (theirs, ours)
+
+
+def test_every_results_table_in_the_docs_is_its_record():
+    """docs/*.md's marked result blocks equal what benchmarks/docs_tables.py makes from the JSON
+    records (the table, its command and commit): a figure cannot drift from the run that made it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import docs_tables
+
+    pages = {p.name: docs_tables.BLOCK.findall(p.read_text()) for p in (ROOT / "docs").glob("*.md")}
+    assert {name for name, blocks in pages.items() if blocks} >= {"audio.md", "video.md"}
+    for page in (ROOT / "docs").glob("*.md"):
+        assert docs_tables.update(page)[1] == [], f"{page.name}: run python benchmarks/docs_tables.py"
