@@ -17,7 +17,8 @@ import importlib
 from pathlib import Path
 
 from .config import ConfigError, Key, chosen, constructor_keys, set_defaults
-from .data import ImageField, LabelField, MultiCrop, TwoViews, build_loader, eval_transform, ssl_augment, train_transform
+from .data import (ImageField, LabelField, MultiCrop, TwoViews, build_loader, eval_transform, ssl_augment, train_transform,
+                   training_loader)
 from .eval.backbone_model import BackboneEval
 from .eval.tasks import run_tasks
 from .models.encoders import build_encoder, save_image_processor
@@ -183,8 +184,7 @@ def run_image_ssl(argv=None) -> int:
     check_augment(cfg, objective.views)
     pictures = cfg.get("reconstructions", 0) > 0 and bool(cfg["data"]["val"])
     accelerator = start(cfg)
-    loader = build_loader(cfg["data"]["train"], VIEWS[objective.views](cfg), cfg["batch_size"],
-                          num_workers=cfg["num_workers"], seed=cfg["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"])
+    loader = training_loader(cfg, VIEWS[objective.views](cfg))
     evaluate = None
     if cfg["data"]["val"] and (tasks or pictures):
         def evaluate(model, step):

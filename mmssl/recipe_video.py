@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .config import Key, set_defaults
-from .data import VideoField, build_loader
+from .data import VideoField, training_loader
 from .eval.video_tasks import video_probes
 from .train import TRAIN_DEFAULTS, fit, start
 
@@ -45,8 +45,7 @@ def run_video_recipe(argv, defaults: dict, build_objective, extra_eval=None, sav
     accelerator = start(cfg)
     field = train_field(cfg) if train_field else \
         VideoField(cfg["num_frames"], cfg["stride"], cfg["image_size"], train=True, min_frames=cfg["min_frames"])
-    loader = build_loader(cfg["data"]["train"], [field], cfg["batch_size"], num_workers=cfg["num_workers"],
-                          seed=cfg["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"])
+    loader = training_loader(cfg, [field])
     evaluate = None
     if cfg["data"]["val"] and (tasks or extra_eval):
         def evaluate(model, step):

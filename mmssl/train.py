@@ -55,6 +55,9 @@ TRAIN_DEFAULTS = {
         "val": Key("", "evaluation shards ('' skips evaluation); where it was data.train's folder, setting only "
                    "data.train moves it too, scored on that folder's held-out split", follows="data.train"),
         "shuffle_buffer": Key(1000, "samples in each worker's shuffle buffer", min=0),
+        "prefetch_factor": Key(2, "batches each data worker prepares ahead (with num_workers > 0)", min=1),
+        "pin_memory": Key(True, "copy batches through page-locked memory, so the GPU copy overlaps compute "
+                                "(only where there is a GPU)"),
     },
 }
 

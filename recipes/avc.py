@@ -26,7 +26,7 @@ from pathlib import Path
 
 from mmssl.cli import run_main
 from mmssl.config import Key, from_cli, set_defaults
-from mmssl.data import AudioField, AVPairField, build_loader, train_transform
+from mmssl.data import AudioField, AVPairField, train_transform, training_loader
 from mmssl.eval.av_tasks import audio_probes, av_retrieval, pointing
 from mmssl.models.encoders import build_encoder, save_image_processor
 from mmssl.objectives.avc import L3
@@ -91,8 +91,7 @@ def main(argv) -> int:
     accelerator = start(cfg)
     field = AVPairField(train_transform(cfg["image_size"], scale=(0.5, 1.0)), audio_field(cfg, True), train=True,
                         hard_negative=cfg["avc"]["hard_negatives"] > 0)
-    loader = build_loader(cfg["data"]["train"], [field], cfg["batch_size"], num_workers=cfg["num_workers"],
-                          seed=cfg["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"])
+    loader = training_loader(cfg, [field])
     objective = build_objective(cfg)
 
     def evaluate(model, step):

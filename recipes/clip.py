@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mmssl.cli import run_main
 from mmssl.config import Key, constructor_keys, from_cli, set_defaults
-from mmssl.data import ImageField, TextField, build_loader, train_transform
+from mmssl.data import ImageField, TextField, train_transform, training_loader
 from mmssl.eval.clip_model import ClipEval
 from mmssl.eval.tasks import run_tasks
 from mmssl.models.encoders import build_encoder, resolve_name, save_image_processor
@@ -53,8 +53,7 @@ def main(argv=None) -> int:
     fields = [ImageField(train_transform(cfg["image_size"], scale=(cfg["augment"]["scale_min"], 1.0),
                                          color=cfg["augment"]["color"])),
               TextField(tokenizer, cfg["max_text_length"])]
-    loader = build_loader(cfg["data"]["train"], fields, cfg["batch_size"], num_workers=cfg["num_workers"],
-                          seed=cfg["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"])
+    loader = training_loader(cfg, fields)
     objective = CLIP(image_encoder, text_encoder, cfg["embed_dim"], cfg["init_temperature"], loss=cfg["loss"])
     evaluate = None
     if cfg["data"]["val"] and cfg["eval_tasks"]:

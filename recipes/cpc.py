@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mmssl.cli import run_main
 from mmssl.config import ConfigError, Key, constructor_keys, from_cli, set_defaults
-from mmssl.data import AudioField, VideoField, build_loader
+from mmssl.data import AudioField, VideoField, training_loader
 from mmssl.eval.av_tasks import audio_probes
 from mmssl.eval.video_tasks import video_probes
 from mmssl.models.encoders import build_encoder
@@ -73,8 +73,7 @@ def main(argv) -> int:
             raise ConfigError(f"probes[{n}] must be {{name, data, split, train_split}}, got {p!r}")
         check_probe(p["data"], p["split"], p["train_split"], f"probes[{n}].data")
     accelerator = start(cfg)
-    loader = build_loader(cfg["data"]["train"], [input_field(cfg, True)], cfg["batch_size"],
-                          num_workers=cfg["num_workers"], seed=cfg["seed"], shuffle_buffer=cfg["data"]["shuffle_buffer"])
+    loader = training_loader(cfg, [input_field(cfg, True)])
     objective = build_objective(cfg)
 
     def evaluate(model, step):

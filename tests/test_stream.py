@@ -264,3 +264,17 @@ def test_a_stream_without_usable_samples_stops_with_the_reason(image_shards):
     with pytest.raises(DataSpecError) as info:
         list(loader)
     assert "too few usable samples" in str(info.value) and "missing_caption" in str(info.value)
+
+
+def test_the_training_loader_takes_every_loader_key_of_the_config(image_shards):
+    """data.prefetch_factor and data.pin_memory reach the DataLoader (pinning only where a GPU is)."""
+    from mmssl.config import merge
+    from mmssl.data import training_loader
+    from mmssl.train import TRAIN_DEFAULTS
+
+    cfg = merge(TRAIN_DEFAULTS, None, [f"data.train={image_shards}", "data.prefetch_factor=5", "num_workers=1",
+                                       "batch_size=3", "data.shuffle_buffer=7", "seed=4"])
+    loader = training_loader(cfg, [LabelField()])
+    assert loader.prefetch_factor == 5 and loader.num_workers == 1 and loader.stream.batch_size == 3
+    assert loader.stream.shuffle_buffer == 7 and loader.stream.seed == 4
+    assert loader.pin_memory is torch.cuda.is_available() and len(next(iter(loader))["label"]) == 3

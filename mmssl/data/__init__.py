@@ -3,7 +3,7 @@ from .audio import AudioField, LogMel
 from .av import AVPairField
 from .fields import ImageIdField, LabelField, SkipSample
 from .image import ImageField, eval_transform, train_transform
-from .loader import ShardLoader, ZippedLoaders, build_loader
+from .loader import ShardLoader, ZippedLoaders, build_loader, training_loader
 from .shards import DataSpecError, Source, read_manifest, resolve_source, resolve_sources
 from .text import TextField
 from .video import VideoField
@@ -11,6 +11,6 @@ from .views import MultiCrop, TwoViews, ssl_augment
 
 __all__ = [
     "AVPairField", "AudioField", "DataSpecError", "ImageField", "ImageIdField", "LabelField", "LogMel", "MultiCrop", "ShardLoader",
-    "SkipSample", "Source", "TextField", "TwoViews", "VideoField", "ZippedLoaders", "build_loader", "eval_transform",
+    "SkipSample", "Source", "TextField", "TwoViews", "VideoField", "ZippedLoaders", "build_loader", "training_loader", "eval_transform",
     "read_manifest", "resolve_source", "resolve_sources", "ssl_augment", "train_transform",
 ]

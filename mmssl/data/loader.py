@@ -174,3 +174,13 @@ def build_loader(
         epoch_batches=epoch_batches,
     )
     return ShardLoader(stream, num_workers=num_workers, prefetch_factor=prefetch_factor, pin_memory=pin_memory)
+
+
+def training_loader(cfg: dict, fields: list) -> ShardLoader:
+    """The training stream a run's config describes (mmssl.train.TRAIN_DEFAULTS): `data.train`,
+    `batch_size`, `num_workers`, `seed`, `data.shuffle_buffer`, `data.prefetch_factor`, and
+    `data.pin_memory` where there is a GPU to copy to."""
+    data = cfg["data"]
+    return build_loader(data["train"], fields, cfg["batch_size"], num_workers=cfg["num_workers"], seed=cfg["seed"],
+                        shuffle_buffer=data["shuffle_buffer"], prefetch_factor=data["prefetch_factor"],
+                        pin_memory=data["pin_memory"] and torch.cuda.is_available())
