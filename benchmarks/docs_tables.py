@@ -1,17 +1,19 @@
 #!/usr/bin/env python
-"""Put each benchmark's table into the docs from its JSON record, so a documented figure is the
-recorded one.
+"""Write the docs' generated blocks: each benchmark's table from its JSON record, so a documented
+figure is the recorded one, and each table of config keys from the code that defines them.
 
     python benchmarks/docs_tables.py           # rewrite the marked blocks of docs/*.md
-    python benchmarks/docs_tables.py --check   # exit 1 naming each block that differs from its record
+    python benchmarks/docs_tables.py --check   # exit 1 naming each block that differs from its source
 
 A block is marked in a page as
 
-    <!-- record: benchmarks/results/NAME.json -->
-    ...
-    <!-- end record -->
+    <!-- record: benchmarks/results/NAME.json -->          <!-- keys: mmssl.train.TRAIN_DEFAULTS -->
+    ...                                                     ...
+    <!-- end record -->                                     <!-- end keys -->
 
-and becomes the record's `table`, then one line naming the command, commit and date that made it.
+A record block becomes the record's `table`, then one line naming the command, commit and date that
+made it; a keys block becomes a table of every key of that defaults dict: its default, its type or
+allowed values, its help line (what `--help` prints).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"(<!-- record: (?P<path>[\w/.-]+\.json) -->\n)(?P<body>.*?)(<!-- end record -->)", re.S)
+BLOCK = re.compile(r"(<!-- (?P<kind>record|keys): (?P<path>[\w/.-]+) -->\n)(?P<body>.*?)(<!-- end (?P=kind) -->)", re.S)
 
 
 def rendered(record_path: str) -> str:
@@ -33,15 +35,31 @@ def rendered(record_path: str) -> str:
             f"({record['cores']} cores); record: `{record_path}`.\n")
 
 
+def keys_table(dotted_name: str) -> str:
+    """The markdown table of every key of the defaults dict `module.NAME`."""
+    import importlib
+
+    from mmssl.config import key_rows
+
+    module, name = dotted_name.rsplit(".", 1)
+    rows = key_rows(getattr(importlib.import_module(module), name))
+    lines = ["| key | default | type or values | what it does |", "|---|---|---|---|"]
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")  # a pipe inside a cell would end it
+
+    lines += [f"| `{k}` | `{cell(d)}` | {t.replace('|', ' or ')} | {cell(h)} |" for k, d, t, h in rows]
+    return "\n".join(lines) + "\n"
+
+
 def update(page: Path) -> tuple[str, list[str]]:
     """-> (the page with every block filled from its record, the records whose block changed)."""
     text, changed = page.read_text(), []
 
     def fill(m: re.Match) -> str:
-        body = rendered(m["path"])
+        body = rendered(m["path"]) if m["kind"] == "record" else keys_table(m["path"])
         if body != m["body"]:
             changed.append(m["path"])
-        return m.group(1) + body + m.group(4)
+        return m.group(1) + body + m.group(5)
 
     return BLOCK.sub(fill, text), changed
 

@@ -125,8 +125,8 @@ def check_values(cfg: dict, defaults: dict) -> None:
                 raise ConfigError(f"config field '{dotted}' must be > {key.above}, got {value}")
 
 
-def help_text(defaults: dict, title: str = "") -> str:
-    """Every key with its default, its type or allowed values, and its help line."""
+def key_rows(defaults: dict) -> list[tuple[str, str, str, str]]:
+    """(dotted key, default as YAML, type or allowed values and bounds, help) for every key."""
     rows = []
     for dotted, key in keys_of(defaults).items():
         default = yaml.safe_dump(key.default, default_flow_style=True, width=1 << 20).strip()
@@ -137,6 +137,12 @@ def help_text(defaults: dict, title: str = "") -> str:
         if key.above is not None:
             kind += f" > {key.above}"
         rows.append((dotted, default, kind, key.help))
+    return rows
+
+
+def help_text(defaults: dict, title: str = "") -> str:
+    """Every key with its default, its type or allowed values, and its help line."""
+    rows = key_rows(defaults)
     width = max(len(r[0]) for r in rows)
     lines = [title] if title else []
     lines.append("usage: [--config FILE] [key=value ...]   (values are YAML: lr=3e-4 resume=true eval_tasks=[knn])")
