@@ -26,6 +26,7 @@ from mmssl.objectives.mae import MAE
 from mmssl.objectives.moco import MoCo
 from mmssl.objectives.moco_v3 import MoCoV3
 from mmssl.objectives.nnclr import NNCLR
+from mmssl.objectives.relative_position import RelativePosition
 from mmssl.objectives.rotation import Rotation
 from mmssl.objectives.simclr import SimCLR
 from mmssl.objectives.simsiam import SimSiam
@@ -63,6 +64,8 @@ CASES = {
     "jigsaw": (lambda: Jigsaw(backbone(), grid=2, n_perms=24, tile_size=16, hidden_dim=128), one_image, 1e-3),
     "supcon": (lambda: SupCon(backbone(), 64, 256), "labels", 1e-3),
     "deep_infomax": (lambda: DeepInfoMax(backbone(), local_stage=1, embed_dim=64, hidden_dim=128), one_image, 1e-3),
+    "relative_position": (lambda: RelativePosition(backbone(), crop=0.75, patch_size=16, hidden_dim=128, colour_guard="none"),
+                          one_image, 1e-3),
 }
 
 
