@@ -128,7 +128,7 @@ def test_clip_learns_on_real_captions(tmp_path, loss, fall):
                        capture_output=True)
     run = tmp_path / "learn"
     subprocess.run([sys.executable, str(ROOT / "recipes" / "clip.py"), "--config", str(ROOT / "recipes/configs/clip_demo.yaml"),
-                    f"output_dir={run}", "max_steps=80", "eval_every=0", "save_every=0", "tensorboard=false",
+                    f"output_dir={run}", "max_steps=50", "eval_every=0", "save_every=0", "tensorboard=false",
                     "log_every=5", f"loss={loss}"], check=True, env=ENV, capture_output=True)
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r and "event" not in r]
