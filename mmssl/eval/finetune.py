@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 from ..config import ConfigError, Key, set_defaults
@@ -259,15 +260,12 @@ def finetune(run_dir: Path, data: str, split: str, overrides: list[str]) -> tupl
     from ..preflight import check_source, has_labels
     from ..train import fit, start
 
-    import yaml
-
     run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     cfg = merge(FINETUNE_DEFAULTS, None, overrides)
     if cfg["label_fraction"] > 1:
         raise ConfigError(f"label_fraction must be at most 1, got {cfg['label_fraction']}")
-    for s, key in ((cfg["train_split"], "train_split"), (split, "--split")):
-        source = check_source(data, s, "--data")[0]
-        if not has_labels(source):
+    for s in (cfg["train_split"], split):
+        if not has_labels(check_source(data, s, "--data")[0]):
             raise ConfigError(f"--task finetune needs labels, and {data}:{s} has none (no cls members)")
     tag = f"{cfg['init']}_{cfg['label_fraction']:g}_seed{cfg['seed']}"
     cfg["output_dir"] = cfg["output_dir"] or str(run_dir / "finetune" / tag)

@@ -56,9 +56,25 @@ def gather_frames(video: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return video[torch.arange(video.shape[0], device=video.device)[:, None], idx]
 
 
+def encode_frames(encoder: nn.Module, video: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """video [B, T, C, H, W], idx [B, k] -> the frames' features [B, k, D] through one encoder."""
+    frames = gather_frames(video, idx)  # [B, k, C, H, W]
+    b, k = frames.shape[:2]
+    return encoder(frames.flatten(0, 1)).view(b, k, -1)
+
+
 def fuse(first: torch.Tensor, second: torch.Tensor, fusion: str) -> torch.Tensor:
     """Two frames' features [B, D] -> the pair's input [B, 2D] (concat) or [B, D] (difference)."""
     return torch.cat([first, second], 1) if fusion == "concat" else second - first
+
+
+def order_outputs(logits: torch.Tensor, labels: torch.Tensor, feats: torch.Tensor) -> dict:
+    """What a temporal-order objective returns: cross-entropy, accuracy, and the spread of the
+    first frame's features (the collapse monitor)."""
+    from ..collapse import embedding_std
+
+    return {"loss": F.cross_entropy(logits, labels), "acc": (logits.argmax(1) == labels).float().mean(),
+            "embed_std": embedding_std(feats[:, 0])}
 
 
 def check_fusion(fusion: str) -> None:

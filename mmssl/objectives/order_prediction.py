@@ -13,11 +13,10 @@ from __future__ import annotations
 import itertools
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..collapse import embedding_std
-from .frame_tuples import Fusion, check_fusion, fuse, gather_frames, ordered_frame_features, sample_windows
+from .frame_tuples import (Fusion, check_fusion, encode_frames, fuse, order_outputs, ordered_frame_features,
+                           sample_windows)
 
 # The 12 classes of `sort`: permutations of 4 frames whose first index is below their last; a
 # permutation with first > last is its own reverse's class.
@@ -56,16 +55,12 @@ class OrderPrediction(nn.Module):
     def logits(self, video: torch.Tensor):
         """-> (logits [B, 12], labels [B], frame features [B, 4, D])."""
         idx, labels = sort_tuples(sample_windows(video, 4))
-        frames = gather_frames(video, idx)  # [B, 4, C, H, W]
-        b, k = frames.shape[:2]
-        feats = self.backbone(frames.flatten(0, 1)).view(b, k, -1)
-        pairs = [self.pair(fuse(feats[:, i], feats[:, j], self.fusion)) for i, j in itertools.combinations(range(k), 2)]
+        feats = encode_frames(self.backbone, video, idx)
+        pairs = [self.pair(fuse(feats[:, i], feats[:, j], self.fusion)) for i, j in itertools.combinations(range(4), 2)]
         return self.classifier(torch.cat(pairs, 1)), labels, feats
 
     def forward(self, batch: dict, progress: float = 0.0) -> dict:
-        logits, labels, feats = self.logits(batch["video"])
-        return {"loss": F.cross_entropy(logits, labels), "acc": (logits.argmax(1) == labels).float().mean(),
-                "embed_std": embedding_std(feats[:, 0])}
+        return order_outputs(*self.logits(batch["video"]))
 
     @torch.no_grad()
     def video_features(self, video: torch.Tensor) -> torch.Tensor:

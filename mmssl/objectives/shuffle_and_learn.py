@@ -9,12 +9,11 @@ frame-to-frame differences (`fusion: difference`, the default) or the concatenat
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..collapse import embedding_std
 from ..models.heads import mlp
-from .frame_tuples import Fusion, check_fusion, fuse, gather_frames, ordered_frame_features, sample_windows
+from .frame_tuples import (Fusion, check_fusion, encode_frames, fuse, order_outputs, ordered_frame_features,
+                           sample_windows)
 
 
 def verify_tuples(idx5: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,17 +45,13 @@ class ShuffleAndLearn(nn.Module):
     def logits(self, video: torch.Tensor):
         """-> (logits [B, 2], labels [B]: 1 = in order, frame features [B, 3, D])."""
         idx, labels = verify_tuples(sample_windows(video, 5))
-        frames = gather_frames(video, idx)  # [B, 3, C, H, W]
-        b, k = frames.shape[:2]
-        feats = self.backbone(frames.flatten(0, 1)).view(b, k, -1)
+        feats = encode_frames(self.backbone, video, idx)
         x = feats.flatten(1) if self.fusion == "concat" else torch.cat(
             [fuse(feats[:, 0], feats[:, 1], self.fusion), fuse(feats[:, 1], feats[:, 2], self.fusion)], 1)
         return self.classifier(x), labels, feats
 
     def forward(self, batch: dict, progress: float = 0.0) -> dict:
-        logits, labels, feats = self.logits(batch["video"])
-        return {"loss": F.cross_entropy(logits, labels), "acc": (logits.argmax(1) == labels).float().mean(),
-                "embed_std": embedding_std(feats[:, 0])}
+        return order_outputs(*self.logits(batch["video"]))
 
     @torch.no_grad()
     def video_features(self, video: torch.Tensor) -> torch.Tensor:
