@@ -70,7 +70,7 @@ def test_finetune_on_a_balanced_share_learns_and_reports_like_the_other_tasks(si
                     "lr=0.002")
     record = json.loads(proc.stdout.strip().splitlines()[-1])
     assert record["labelled"] == 100 and record["classes"] == 10 and record["finetune_eval_samples"] == 100
-    assert record["finetune_top1"] >= 0.4, record  # measured 0.64; an untrained head scores about 0.1
+    assert record["finetune_top1"] >= 0.4, record  # measured 0.53; an untrained head scores about 0.1
     assert record["finetune_top5"] > record["finetune_top1"]
     assert json.loads((simclr_run / "metrics.jsonl").read_text().splitlines()[-1]) == record
     ft = simclr_run / "finetune" / "random_0.25_seed3"
