@@ -100,14 +100,20 @@ def check_augment(cfg: dict, views: str) -> None:
                           f"{', augment.'.join(sorted(AUGMENT_READ[views]))}); remove it")
 
 
+def _methods_in(module) -> list[type]:
+    """The classes defined in `module` that declare the views they train on."""
+    return [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__
+            and getattr(c, "views", None) in VIEWS]
+
+
 def objective_class(name: str) -> type:
     """The class of `mmssl/objectives/<name>.py` that declares `views`; ConfigError if there is none."""
     try:
-        module = importlib.import_module(f"mmssl.objectives.{name}")
-    except ModuleNotFoundError:
-        module = None
-    found = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__
-             and getattr(c, "views", None) in VIEWS] if module else []
+        found = _methods_in(importlib.import_module(f"mmssl.objectives.{name}"))
+    except ModuleNotFoundError as exn:
+        if exn.name != f"mmssl.objectives.{name}":
+            raise  # the module exists; something it imports is missing
+        found = []
     if len(found) != 1:
         raise ConfigError(f"objective '{name}' is not an image SSL method (choose from {', '.join(image_objectives())})")
     return found[0]
@@ -115,13 +121,8 @@ def objective_class(name: str) -> type:
 
 def image_objectives() -> tuple[str, ...]:
     """Every `mmssl/objectives` module that holds an image SSL method, by name."""
-    names = []
-    for path in sorted((Path(__file__).parent / "objectives").glob("*.py")):
-        module = importlib.import_module(f"mmssl.objectives.{path.stem}")
-        if any(isinstance(c, type) and c.__module__ == module.__name__ and getattr(c, "views", None) in VIEWS
-               for c in vars(module).values()):
-            names.append(path.stem)
-    return tuple(names)
+    paths = sorted((Path(__file__).parent / "objectives").glob("*.py"))
+    return tuple(p.stem for p in paths if _methods_in(importlib.import_module(f"mmssl.objectives.{p.stem}")))
 
 
 def image_defaults(name: str) -> dict:
@@ -140,7 +141,8 @@ def build_objective(cfg: dict):
     """The configured method around the configured backbone; a bad combination is a ConfigError."""
     name = cfg["objective"]
     backbone = build_encoder(cfg["backbone"])
-    size = getattr(backbone, "config", {}).get("image_size") if isinstance(getattr(backbone, "config", None), dict) else None
+    own = getattr(backbone, "config", None)  # mmssl's own encoders keep their constructor arguments
+    size = own.get("image_size") if isinstance(own, dict) else None
     if size is not None and size != cfg["image_size"]:
         raise ConfigError(f"backbone.config.image_size is {size} but image_size is {cfg['image_size']}; make them equal")
     try:
