@@ -120,3 +120,21 @@ def test_finetune_runs_with_two_processes(simclr_run, fashion_shards):
     assert (ft / "checkpoints" / "step_0000004" / "data_rank1.json").exists()
     record = json.loads((simclr_run / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["finetune_dir"] == str(ft) and record["finetune_eval_samples"] == 100 and record["labelled"] == 200
+
+
+def test_finetune_on_a_users_make_shards_folder_with_its_defaults(simclr_run, image_shards, tmp_path):
+    """make_shards' defaults (train and a 10% val split, labels from class folders): the default
+    --split val is scored. A folder of tars whose names hold no split is refused before training:
+    it would be scored on the samples it trained on."""
+    proc = eval_cli(simclr_run, "--task", "finetune", "--data", image_shards, "max_steps=2", "batch_size=4",
+                    "num_workers=0", f"output_dir={tmp_path / 'mine'}")
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    from mmssl.data.shards import resolve_source
+
+    assert record["split"] == "val" and record["finetune_eval_samples"] == resolve_source(str(image_shards), "val").total
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "00000.tar").write_bytes(next(image_shards.glob("train-*.tar")).read_bytes())
+    proc = eval_cli(simclr_run, "--task", "finetune", "--data", flat, check=False)
+    assert proc.returncode == 2 and "has no held-out split" in proc.stderr.strip().splitlines()[-1]
+    assert not (simclr_run / "finetune" / "run_1_seed0").exists()

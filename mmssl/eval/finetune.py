@@ -264,9 +264,14 @@ def finetune(run_dir: Path, data: str, split: str, overrides: list[str]) -> tupl
     cfg = merge(FINETUNE_DEFAULTS, None, overrides)
     if cfg["label_fraction"] > 1:
         raise ConfigError(f"label_fraction must be at most 1, got {cfg['label_fraction']}")
-    for s in (cfg["train_split"], split):
-        if not has_labels(check_source(data, s, "--data")[0]):
+    sources = [check_source(data, s, "--data")[0] for s in (cfg["train_split"], split)]
+    for s, source in zip((cfg["train_split"], split), sources):
+        if not has_labels(source):
             raise ConfigError(f"--task finetune needs labels, and {data}:{s} has none (no cls members)")
+    if set(sources[0].urls) & set(sources[1].urls):  # a folder of tars whose names hold no split
+        raise ConfigError(f"{data} has no held-out split apart from '{cfg['train_split']}': scores on the samples "
+                          "fine-tuning trains on would mean nothing; shard it with tools/make_shards.py (it holds out "
+                          "10% as val) or name split-marked shards (train-*.tar, val-*.tar)")
     tag = f"{cfg['init']}_{cfg['label_fraction']:g}_seed{cfg['seed']}"
     cfg["output_dir"] = cfg["output_dir"] or str(run_dir / "finetune" / tag)
     keys, labels = split_labels(data, cfg["train_split"])
