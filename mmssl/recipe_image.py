@@ -79,7 +79,7 @@ def one_image(cfg: dict) -> list:
 
 
 def labelled_views(cfg: dict) -> list:
-    """`views` as two_views, and `label` (SupCon)."""
+    """`views`: two SimCLR-style augmentations of each image, and its `label` (SupCon)."""
     return two_views(cfg) + [LabelField()]
 
 
@@ -194,8 +194,6 @@ def run_image_ssl(argv=None) -> int:
                             cfg["image_size"], batch_size=256, workers=0, train_split=cfg["eval_train_split"])
             return {**out, **(save_reconstructions(model, step, cfg) if pictures else {})}
 
-    fit(accelerator, cfg, objective, loader, evaluate)
-    if accelerator.is_main_process:
-        objective.backbone.save_pretrained(Path(cfg["output_dir"]) / "encoder")
-        save_image_processor(Path(cfg["output_dir"]) / "encoder", cfg["image_size"])
+    fit(accelerator, cfg, objective, loader, evaluate,
+        preprocessors={"": lambda d: save_image_processor(d, cfg["image_size"])})
     return 0

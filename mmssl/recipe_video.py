@@ -30,10 +30,9 @@ VIDEO_DEFAULTS = set_defaults(TRAIN_DEFAULTS, {
 })
 
 
-def run_video_recipe(argv, defaults: dict, build_objective, extra_eval=None, save=None, train_field=None) -> int:
+def run_video_recipe(argv, defaults: dict, build_objective, extra_eval=None, train_field=None) -> int:
     """build_objective(cfg) -> objective with `video_features(video) -> [B, D]`;
-    extra_eval(objective, step, cfg) -> dict adds to each evaluation; save(objective, cfg) writes the
-    trained model (on the main process, after training); train_field(cfg) -> the training field
+    extra_eval(objective, step, cfg) -> dict adds to each evaluation; train_field(cfg) -> the training field
     (default: a `VideoField`; RGB-flow adds the flow)."""
     from .config import from_cli
     from .preflight import check_training_data, plan_eval
@@ -58,6 +57,4 @@ def run_video_recipe(argv, defaults: dict, build_objective, extra_eval=None, sav
             return {**out, **(extra_eval(model, step, cfg) if extra_eval else {})}
 
     fit(accelerator, cfg, objective, loader, evaluate)
-    if accelerator.is_main_process and save is not None:
-        save(objective, cfg)
     return 0

@@ -196,14 +196,18 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
 
 
-def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=None) -> dict:
+def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=None, preprocessors=None) -> dict:
     """Train `objective` on `loader` for `cfg['max_steps']` steps; returns the last eval metrics.
+    At the end the main process writes the trained encoders to `output_dir/encoder` (`save_encoders`).
 
     `loader` is a `ShardLoader`, or a `ZippedLoaders` of named streams whose batches arrive as
     `{name: batch}`, each stream resumed at its own position.
 
     evaluate(model, step) -> dict runs on the main process (every `eval_every` steps and at the end);
     other ranks wait. The model passed is unwrapped and in eval mode.
+
+    preprocessors: `{subfolder: write(directory)}`, what turns raw input into the encoder's input
+    (an image processor config, a tokenizer), written next to the tower it feeds.
     """
     from tqdm import tqdm
 
@@ -303,13 +307,26 @@ def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=Non
                              0 if stopping == signal.SIGTERM else 128 + int(stopping))
     metrics.write({"step": step, "event": "end", **data_stats})
     if accelerator.is_main_process:
-        save = getattr(unwrapped, "save_pretrained", None)
-        if save is not None:
-            save(run_dir / "encoder")
+        save_encoders(unwrapped, run_dir / "encoder", preprocessors or {})
         plot_loss(run_dir / "metrics.jsonl", run_dir / "loss.png")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return last_eval
+
+
+def save_encoders(objective: torch.nn.Module, directory: Path, preprocessors: dict) -> None:
+    """The one path by which a run's encoders reach disk: the objective's own `save_pretrained`
+    where it has several towers (CLIP writes `image/` and `text/`), else its `backbone`'s; an object
+    with neither (a test double) saves nothing. Each encoder class writes its own format
+    (mmssl.models.serialization, or transformers for Hugging Face towers)."""
+    save = getattr(objective, "save_pretrained", None)
+    if save is None and isinstance(getattr(objective, "backbone", None), torch.nn.Module):
+        save = objective.backbone.save_pretrained
+    if save is None:
+        return
+    save(directory)
+    for sub, write in preprocessors.items():
+        write(directory / sub)
 
 
 class StopSignals:

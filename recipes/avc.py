@@ -111,11 +111,8 @@ def main(argv) -> int:
                                     p["train_split"]))
         return out
 
-    fit(accelerator, cfg, objective, loader, evaluate)
-    if accelerator.is_main_process:
-        objective.visual.save_pretrained(Path(cfg["output_dir"]) / "encoder" / "visual")
-        save_image_processor(Path(cfg["output_dir"]) / "encoder" / "visual", cfg["image_size"])
-        objective.audio.save_pretrained(Path(cfg["output_dir"]) / "encoder" / "audio")
+    fit(accelerator, cfg, objective, loader, evaluate,
+        preprocessors={"visual": lambda d: save_image_processor(d, cfg["image_size"])})
     return 0
 
 

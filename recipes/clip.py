@@ -9,7 +9,6 @@ config -> data -> objective -> fit. Keys: mmssl.train.TRAIN_DEFAULTS plus those 
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 from mmssl.cli import run_main
 from mmssl.config import Key, constructor_keys, from_cli, set_defaults
@@ -63,10 +62,9 @@ def main(argv=None) -> int:
             return run_tasks(ClipEval(model, tok, cfg["max_text_length"]), cfg["eval_tasks"], cfg["data"]["val"],
                              cfg["eval_split"], cfg["image_size"], workers=0)
 
-    fit(accelerator, cfg, objective, loader, evaluate)
-    if accelerator.is_main_process:
-        fields[1].tokenizer.save_pretrained(str(Path(cfg["output_dir"]) / "encoder" / "text"))
-        save_image_processor(Path(cfg["output_dir"]) / "encoder" / "image", cfg["image_size"])
+    fit(accelerator, cfg, objective, loader, evaluate,
+        preprocessors={"text": lambda d: fields[1].tokenizer.save_pretrained(str(d)),
+                       "image": lambda d: save_image_processor(d, cfg["image_size"])})
     return 0
 
 

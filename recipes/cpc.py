@@ -15,7 +15,6 @@ Keys: mmssl.train.TRAIN_DEFAULTS plus
                    {name, data, split, train_split}
 After training, `encoder/` holds g_enc.
 """
-from pathlib import Path
 
 from mmssl.cli import run_main
 from mmssl.config import ConfigError, Key, constructor_keys, from_cli, set_defaults
@@ -95,8 +94,6 @@ def main(argv) -> int:
         return out
 
     fit(accelerator, cfg, objective, loader, evaluate if cfg["probes"] else None)
-    if accelerator.is_main_process:
-        objective.backbone.save_pretrained(Path(cfg["output_dir"]) / "encoder")
     return 0
 
 

@@ -13,7 +13,6 @@ Keys: mmssl.recipe_video.VIDEO_DEFAULTS plus
 
 After training, `encoder/` holds the RGB frame encoder (a transformers backbone loads with AutoModel).
 """
-from pathlib import Path
 
 from mmssl.cli import run_main
 from mmssl.config import Key, constructor_keys, set_defaults
@@ -44,9 +43,5 @@ def train_field(cfg):
                      pairs=cfg["flow"]["pairs"], unit_px=cfg["flow"]["unit_px"])
 
 
-def save(model: RGBFlow, cfg) -> None:
-    model.backbone.save_pretrained(Path(cfg["output_dir"]) / "encoder")
-
-
 if __name__ == "__main__":
-    run_main(lambda argv: run_video_recipe(argv, DEFAULTS, objective, save=save, train_field=train_field))
+    run_main(lambda argv: run_video_recipe(argv, DEFAULTS, objective, train_field=train_field))

@@ -13,7 +13,6 @@ recipes) and `temporal_order.*`:
 
 After training, `encoder/` holds the frame encoder (a transformers backbone loads with AutoModel).
 """
-from pathlib import Path
 
 from mmssl.cli import run_main
 from mmssl.config import Key, constructor_keys, set_defaults
@@ -38,9 +37,5 @@ def objective(cfg):
     return TASKS[cfg["temporal_order"]["task"]](build_encoder(cfg["backbone"]), **keys)
 
 
-def save(model, cfg) -> None:
-    model.backbone.save_pretrained(Path(cfg["output_dir"]) / "encoder")
-
-
 if __name__ == "__main__":
-    run_main(lambda argv: run_video_recipe(argv, DEFAULTS, objective, save=save))
+    run_main(lambda argv: run_video_recipe(argv, DEFAULTS, objective))

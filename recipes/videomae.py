@@ -106,11 +106,5 @@ def save_reconstructions(model, step, cfg, video: torch.Tensor) -> dict:
     return {"reconstructions": str(out)}
 
 
-def save(model: VideoMAE, cfg) -> None:
-    run = Path(cfg["output_dir"])
-    model.backbone.save_pretrained(str(run / "encoder"), safe_serialization=True)
-    model.model.save_pretrained(str(run / "pretraining"), safe_serialization=True)
-
-
 if __name__ == "__main__":
-    run_main(lambda argv: run_video_recipe(argv, DEFAULTS, objective, held_out, save))
+    run_main(lambda argv: run_video_recipe(argv, DEFAULTS, objective, held_out))

@@ -164,7 +164,7 @@ def test_videomae_recipe_with_two_processes_saves_hugging_face_format(motion_sha
     from transformers import AutoModel, VideoMAEForPreTraining
 
     assert type(AutoModel.from_pretrained(str(run / "encoder"))).__name__ == "VideoMAEModel"
-    VideoMAEForPreTraining.from_pretrained(str(run / "pretraining"), use_safetensors=True)
+    VideoMAEForPreTraining.from_pretrained(str(run / "encoder" / "pretraining"), use_safetensors=True)
 
 
 @pytest.mark.slow

@@ -40,3 +40,12 @@ def load_weights(directory: str | os.PathLike) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(Path(directory) / WEIGHTS))
+
+
+def save_towers(directory: str | os.PathLike, towers: dict) -> Path:
+    """An objective with several towers: each `towers[name]` writes itself (its own `save_pretrained`,
+    in its own format) into `directory/name`; -> the folder."""
+    path = Path(directory)
+    for name, tower in towers.items():
+        tower.save_pretrained(path / name)
+    return path

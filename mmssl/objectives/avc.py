@@ -16,6 +16,7 @@ from torch import nn
 
 from ..collapse import embedding_std
 from ..models.heads import mlp
+from ..models.serialization import save_towers
 
 
 class L3(nn.Module):
@@ -53,3 +54,7 @@ class L3(nn.Module):
         logits = self.fusion(pairs)
         return {"loss": F.cross_entropy(logits, labels), "acc": (logits.argmax(1) == labels).float().mean(),
                 "embed_std": embedding_std(a)}
+
+    def save_pretrained(self, directory) -> None:
+        """`directory/visual/` and `directory/audio/`, each tower in its own format."""
+        save_towers(directory, {"visual": self.visual, "audio": self.audio})

@@ -16,6 +16,7 @@ from .. import dist
 from ..collapse import embedding_std
 from ..losses import clip_loss
 from ..models.heads import mlp
+from ..models.serialization import save_towers
 
 
 class AVID(nn.Module):
@@ -47,3 +48,7 @@ class AVID(nn.Module):
         loss = clip_loss(v, a, all_v, all_a, scale, offset)
         acc = (v @ all_a.t()).argmax(1) == torch.arange(v.shape[0], device=v.device) + offset
         return {"loss": loss, "acc": acc.float().mean(), "embed_std": embedding_std(a)}
+
+    def save_pretrained(self, directory) -> None:
+        """`directory/visual/` and `directory/audio/`, each tower in its own format."""
+        save_towers(directory, {"visual": self.visual, "audio": self.audio})

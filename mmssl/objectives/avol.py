@@ -22,6 +22,7 @@ from .. import dist
 from ..collapse import embedding_std
 from ..losses import max_location_infonce
 from ..models.heads import mlp
+from ..models.serialization import save_towers
 
 
 class AVOL(nn.Module):
@@ -70,3 +71,7 @@ class AVOL(nn.Module):
         loss, acc = max_location_infonce(v, a, dist.gather_with_grad(v), dist.gather_with_grad(a), self.temperature,
                                          dist.row_offset(v.shape[0]))
         return {"loss": loss, "acc": acc, "embed_std": embedding_std(a)}
+
+    def save_pretrained(self, directory) -> None:
+        """`directory/visual/` and `directory/audio/`, each tower in its own format."""
+        save_towers(directory, {"visual": self.visual, "audio": self.audio})

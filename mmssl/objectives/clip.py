@@ -21,6 +21,7 @@ from torch import nn
 
 from .. import dist
 from ..losses import clip_loss, siglip_loss
+from ..models.serialization import save_towers
 
 
 class CLIP(nn.Module):
@@ -73,13 +74,9 @@ class CLIP(nn.Module):
     def save_pretrained(self, directory) -> None:
         """`directory/image/` and `directory/text/` (each tower in its own format, see
         models.encoders) and `directory/heads.safetensors` (projections and logit scale)."""
-        from pathlib import Path
-
         from safetensors.torch import save_file
 
-        directory = Path(directory)
-        self.image_encoder.save_pretrained(directory / "image")
-        self.text_encoder.save_pretrained(directory / "text")
+        directory = save_towers(directory, {"image": self.image_encoder, "text": self.text_encoder})
         heads = {"image_proj.weight": self.image_proj.weight, "text_proj.weight": self.text_proj.weight,
                  "logit_scale": self.logit_scale}
         save_file({k: v.detach().cpu().contiguous() for k, v in heads.items()}, str(directory / "heads.safetensors"))

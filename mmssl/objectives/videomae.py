@@ -25,6 +25,7 @@ fixed ImageNet statistics; `tests/test_video_objectives.py` checks that our loss
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -89,6 +90,13 @@ class VideoMAE(nn.Module):
     def backbone(self):
         """The encoder alone (`VideoMAEModel`), what `encoder/` holds."""
         return self.model.videomae
+
+    def save_pretrained(self, directory) -> None:
+        """The encoder into `directory` and the whole pretraining model (decoder included, a
+        `VideoMAEForPreTraining` to continue from) into `directory/pretraining/`, both by
+        transformers in its own format."""
+        self.backbone.save_pretrained(str(directory), safe_serialization=True)
+        self.model.save_pretrained(str(Path(directory) / "pretraining"), safe_serialization=True)
 
     def mask(self, video: torch.Tensor, ratio: float) -> torch.Tensor:
         """bool [B, L] tube mask for `video` [B, T, C, H, W]."""
