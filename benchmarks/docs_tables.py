@@ -13,7 +13,9 @@ A block is marked in a page as
 
 A record block becomes the record's `table`, then one line naming the command, commit and date that
 made it; a keys block becomes a table of every key of that defaults dict: its default, its type or
-allowed values, its help line (what `--help` prints).
+allowed values, its help line (what `--help` prints). `<!-- methods: mmssl.recipe_image -->` becomes
+the table of every image method the driver finds: its name, the paper its module links, the batch
+it trains on and the first line of its module's docstring.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"(<!-- (?P<kind>record|keys): (?P<path>[\w/.-]+) -->\n)(?P<body>.*?)(<!-- end (?P=kind) -->)", re.S)
+BLOCK = re.compile(r"(<!-- (?P<kind>record|keys|methods): (?P<path>[\w/.-]+) -->\n)(?P<body>.*?)(<!-- end (?P=kind) -->)",
+                   re.S)
 
 
 def rendered(record_path: str) -> str:
@@ -51,12 +54,29 @@ def keys_table(dotted_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def methods_table(module_name: str) -> str:
+    """The markdown table of the image SSL methods of `module_name` (mmssl.recipe_image)."""
+    import importlib
+
+    driver = importlib.import_module(module_name)
+    lines = ["| objective | paper | trains on | what it learns from |", "|---|---|---|---|"]
+    for name in driver.image_objectives():
+        cls = driver.objective_class(name)
+        doc = sys.modules[cls.__module__].__doc__
+        paper = re.search(r"https://arxiv\.org/abs/(\d+\.\d+)", doc)
+        title, summary = doc.split("\n\n")[0].replace("\n", " ").split(": ", 1)
+        views = driver.VIEWS[cls.views].__doc__.split(" (")[0].rstrip(".")
+        link = f"[{paper[1]}]({paper[0]})" if paper else ""
+        lines.append(f"| `{name}` | {title}, {link} | {views} | {summary} |")
+    return "\n".join(lines) + "\n"
+
+
 def update(page: Path) -> tuple[str, list[str]]:
     """-> (the page with every block filled from its record, the records whose block changed)."""
     text, changed = page.read_text(), []
 
     def fill(m: re.Match) -> str:
-        body = rendered(m["path"]) if m["kind"] == "record" else keys_table(m["path"])
+        body = {"record": rendered, "keys": keys_table, "methods": methods_table}[m["kind"]](m["path"])
         if body != m["body"]:
             changed.append(m["path"])
         return m.group(1) + body + m.group(5)
