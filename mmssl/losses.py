@@ -304,3 +304,22 @@ def cpc_loss(z: torch.Tensor, predictions: list[torch.Tensor],
     if not losses:
         raise ValueError(f"CPC: no sequence in the batch has more than 1 valid step of {t}")
     return torch.stack(losses).mean(), torch.stack(accs).mean()
+
+
+def pseudo_label_loss(target_logits: torch.Tensor, logits: torch.Tensor, threshold: float
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The unlabelled term of FixMatch (Sohn et al. 2020, https://arxiv.org/abs/2001.07685, eq. 4)
+    and thresholded Pseudo-Label (Lee 2013).
+
+    target_logits [U, C] (the weak view; no gradient flows into it) make hard pseudo-labels
+    q = argmax softmax; logits [U, C] (the strong view for FixMatch, the same weak view for
+    Pseudo-Label) are trained towards them where max softmax >= threshold:
+    (1 / U) sum_u 1[max q_u >= threshold] H(argmax q_u, softmax(logits_u)).
+    The mean runs over all U samples, confident or not, as in the paper.
+    -> (loss, mask bool [U], pseudo-labels long [U]).
+    """
+    probs = target_logits.detach().softmax(-1)
+    confidence, pseudo = probs.max(-1)
+    mask = confidence >= threshold
+    loss = (F.cross_entropy(logits, pseudo, reduction="none") * mask).mean()
+    return loss, mask, pseudo

@@ -26,6 +26,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from . import checkpoint, dist
 from .config import ConfigError, Key, to_yaml
+from .models.serialization import save_encoders
 from .optim import build_optimizer, group_schedules, warmup_cosine
 
 # Keys every recipe accepts (recipes add their own on top, with mmssl.config.set_defaults).
@@ -312,21 +313,6 @@ def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=Non
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return last_eval
-
-
-def save_encoders(objective: torch.nn.Module, directory: Path, preprocessors: dict) -> None:
-    """The one path by which a run's encoders reach disk: the objective's own `save_pretrained`
-    where it has several towers (CLIP writes `image/` and `text/`), else its `backbone`'s; an object
-    with neither (a test double) saves nothing. Each encoder class writes its own format
-    (mmssl.models.serialization, or transformers for Hugging Face towers)."""
-    save = getattr(objective, "save_pretrained", None)
-    if save is None and isinstance(getattr(objective, "backbone", None), torch.nn.Module):
-        save = objective.backbone.save_pretrained
-    if save is None:
-        return
-    save(directory)
-    for sub, write in preprocessors.items():
-        write(directory / sub)
 
 
 class StopSignals:

@@ -129,6 +129,17 @@ def fashion_shards(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def simclr_run(fashion_shards, tmp_path_factory):
+    """A real SimCLR run on the Fashion-MNIST fixture (a few steps: its encoder is what is loaded)."""
+    run = tmp_path_factory.mktemp("ft") / "simclr"
+    subprocess.run([sys.executable, str(ROOT / "recipes/image_ssl.py"), "--config", str(ROOT / "recipes/configs/simclr_demo.yaml"),
+                    f"output_dir={run}", f"data.train={fashion_shards}", f"data.val={fashion_shards}", "max_steps=3",
+                    "batch_size=16", "num_workers=0", "tensorboard=false", "eval_tasks=[]"],
+                   check=True, capture_output=True, cwd=ROOT)
+    return run
+
+
 def run_tool(script: str, *args) -> None:
     """Run tools/<script> as users do; fail with its stderr."""
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / script), *map(str, args)], capture_output=True, text=True)

@@ -15,7 +15,8 @@ import yaml
 from conftest import ROOT
 from test_distributed import accelerate_2proc
 
-from mmssl.eval.finetune import balanced_keys, load_input
+from mmssl.data.subset import balanced_keys
+from mmssl.eval.finetune import load_input
 
 
 def eval_cli(*args, check=True) -> subprocess.CompletedProcess:
@@ -24,17 +25,6 @@ def eval_cli(*args, check=True) -> subprocess.CompletedProcess:
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
-
-
-@pytest.fixture(scope="module")
-def simclr_run(fashion_shards, tmp_path_factory):
-    """A real SimCLR run on the Fashion-MNIST fixture (a few steps: its encoder is what is loaded)."""
-    run = tmp_path_factory.mktemp("ft") / "simclr"
-    subprocess.run([sys.executable, str(ROOT / "recipes/image_ssl.py"), "--config", str(ROOT / "recipes/configs/simclr_demo.yaml"),
-                    f"output_dir={run}", f"data.train={fashion_shards}", f"data.val={fashion_shards}", "max_steps=3",
-                    "batch_size=16", "num_workers=0", "tensorboard=false", "eval_tasks=[]"],
-                   check=True, capture_output=True, cwd=ROOT)
-    return run
 
 
 def test_balanced_keys_takes_the_same_number_from_every_class_by_seed():

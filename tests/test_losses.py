@@ -129,3 +129,31 @@ def test_vicreg_matches_the_formula():
         terms.append((var, off))
     ref = 25 * inv + 25 * (terms[0][0] + terms[1][0]) + (terms[0][1] + terms[1][1])
     assert abs(float(vicreg(z1, z2)) - ref) < 1e-9
+
+
+def test_pseudo_label_loss_matches_a_loop_over_the_unlabelled_samples():
+    """FixMatch eq. 4: (1/U) sum_u 1[max p(weak_u) >= tau] H(argmax p(weak_u), p(strong_u)), the
+    mean over every sample; no gradient reaches the weak view."""
+    from mmssl.losses import pseudo_label_loss
+
+    torch.manual_seed(0)
+    weak = (torch.randn(16, 5) * 4).requires_grad_()
+    strong = torch.randn(16, 5, requires_grad=True)
+    tau = 0.8
+    loss, mask, pseudo = pseudo_label_loss(weak, strong, tau)
+    expected, confident = 0.0, []
+    for u in range(16):
+        p = [math.exp(v) for v in weak[u].tolist()]
+        p = [v / sum(p) for v in p]
+        label = max(range(5), key=lambda c: p[c])
+        confident.append(max(p) >= tau)
+        if max(p) >= tau:
+            logits = strong[u].tolist()
+            expected += -(logits[label] - math.log(sum(math.exp(v) for v in logits)))
+        assert pseudo[u] == label
+    assert 0 < sum(confident) < 16  # both branches of the indicator are exercised
+    assert mask.tolist() == confident
+    assert math.isclose(loss.item(), expected / 16, rel_tol=1e-5)
+    loss.backward()
+    assert weak.grad is None and strong.grad.abs().sum() > 0
+    assert torch.all(strong.grad[~mask] == 0)

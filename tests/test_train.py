@@ -25,20 +25,25 @@ def clip_cmd(shards: Path, run: Path, *extra: str) -> list[str]:
             "num_workers=2", "log_every=1", "tensorboard=false", "warmup_steps=2", *extra]
 
 
+def kill_9_after(cmd: list[str], run: Path, checkpoint: str) -> None:
+    """Start `cmd` and kill -9 it as soon as `run/checkpoints/<checkpoint>` exists; fails where the
+    run ended first (the kill would prove nothing)."""
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / checkpoint).exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def test_kill_9_and_resume_ends_with_the_same_parameters(caption_shards, tmp_path):
     steps = ["max_steps=10", "save_every=3", "keep_checkpoints=5"]
     ref = tmp_path / "ref"
     subprocess.run(clip_cmd(caption_shards, ref, *steps), check=True, env=ENV, capture_output=True)
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(clip_cmd(caption_shards, run, *steps), env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (run / "checkpoints" / "step_0000006").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_after(clip_cmd(caption_shards, run, *steps), run, "step_0000006")
     assert not (run / "checkpoints" / "step_0000010").exists()
     subprocess.run(clip_cmd(caption_shards, run, *steps, "resume=true"), check=True, env=ENV, capture_output=True)
 

@@ -31,11 +31,20 @@ def member(sample: dict, extensions: tuple[str, ...], what: str) -> bytes:
 
 
 class LabelField:
-    """`cls` member (ASCII integer) -> `label` (int64 [B])."""
+    """`cls` member (ASCII integer) -> `label` (int64 [B]).
+
+    optional: a sample without a `cls` member gets label -1 instead of being skipped (an unlabelled
+    stream that still reports pseudo-label accuracy where labels exist). A malformed label is
+    skipped either way."""
 
     extensions = ("cls",)
 
+    def __init__(self, optional: bool = False):
+        self.optional = optional
+
     def decode(self, sample: dict) -> dict:
+        if self.optional and sample.get("cls") is None:
+            return {"label": -1}
         raw = member(sample, self.extensions, "label")
         try:
             return {"label": int(raw.decode("ascii").strip())}

@@ -176,11 +176,15 @@ def build_loader(
     return ShardLoader(stream, num_workers=num_workers, prefetch_factor=prefetch_factor, pin_memory=pin_memory)
 
 
-def training_loader(cfg: dict, fields: list) -> ShardLoader:
+def training_loader(cfg: dict, fields: list, spec=None, split: str = "train", batch_size: int | None = None,
+                    seed_offset: int = 0, num_workers: int | None = None) -> ShardLoader:
     """The training stream a run's config describes (mmssl.train.TRAIN_DEFAULTS): `data.train`,
     `batch_size`, `num_workers`, `seed`, `data.shuffle_buffer`, `data.prefetch_factor`, and
-    `data.pin_memory` where there is a GPU to copy to."""
+    `data.pin_memory` where there is a GPU to copy to. A second stream of the same run (a labelled
+    subset beside the unlabelled set) names its own `spec`, `split`, batch size and workers, and
+    shuffles with `seed + seed_offset`."""
     data = cfg["data"]
-    return build_loader(data["train"], fields, cfg["batch_size"], num_workers=cfg["num_workers"], seed=cfg["seed"],
-                        shuffle_buffer=data["shuffle_buffer"], prefetch_factor=data["prefetch_factor"],
-                        pin_memory=data["pin_memory"] and torch.cuda.is_available())
+    return build_loader(spec or data["train"], fields, batch_size or cfg["batch_size"], split=split,
+                        num_workers=cfg["num_workers"] if num_workers is None else num_workers,
+                        seed=cfg["seed"] + seed_offset, shuffle_buffer=data["shuffle_buffer"],
+                        prefetch_factor=data["prefetch_factor"], pin_memory=data["pin_memory"] and torch.cuda.is_available())

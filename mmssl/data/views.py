@@ -29,6 +29,44 @@ def ssl_augment(size: int, scale=(0.08, 1.0), blur: float = 0.5, solarize: float
     return v2.Compose(steps + [to_tensor()])
 
 
+def _flip_and_shift(size: int, flip: bool) -> list:
+    """Resize to `size`, random horizontal flip, a random translation of up to 12.5% of the side
+    (reflect-pad and crop back)."""
+    steps = [v2.Resize((size, size), antialias=True)] + ([v2.RandomHorizontalFlip()] if flip else [])
+    return steps + [v2.RandomCrop(size, padding=max(1, round(size * 0.125)), padding_mode="reflect")]
+
+
+def weak_augment(size: int, flip: bool = True) -> v2.Compose:
+    """FixMatch's weak view: flip and shift (`_flip_and_shift`), normalise."""
+    return v2.Compose(_flip_and_shift(size, flip) + [to_tensor()])
+
+
+class RandomMagnitudeRandAugment(v2.Transform):
+    """RandAugment (Cubuk et al. 2020) as FixMatch uses it: `ops` operations chosen at random, at a
+    magnitude drawn at random for each image (from `bins` levels) instead of one fixed magnitude."""
+
+    def __init__(self, ops: int = 2, bins: int = 10):
+        super().__init__()
+        self.bins = bins
+        self.augment = v2.RandAugment(num_ops=ops, num_magnitude_bins=bins + 1)
+
+    def forward(self, *inputs):
+        import torch
+
+        self.augment.magnitude = int(torch.randint(self.bins + 1, ()))
+        return self.augment(*inputs)
+
+
+def strong_augment(size: int, ops: int = 2, cutout: float = 0.5, flip: bool = True) -> v2.Compose:
+    """FixMatch's strong view: the weak view's flip and translation, RandAugment with a random
+    magnitude, then Cutout: one square of side up to `cutout` x `size` set to the mean colour (0
+    after normalisation). `cutout=0` leaves it out."""
+    steps = _flip_and_shift(size, flip) + [RandomMagnitudeRandAugment(ops), to_tensor()]
+    if cutout > 0:
+        steps.append(v2.RandomErasing(p=1.0, scale=(0.01, cutout ** 2), ratio=(1.0, 1.0), value=0))
+    return v2.Compose(steps)
+
+
 class TwoViews:
     """Two independent augmentations of one image (SimCLR, MoCo, BYOL, SimSiam, Barlow Twins, VICReg)."""
 

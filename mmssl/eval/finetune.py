@@ -24,8 +24,6 @@ The run's modality follows its config: images (`image_size`), clips (`num_frames
 from __future__ import annotations
 
 import json
-import random
-from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -204,51 +202,23 @@ def input_field(cfg: dict, train: bool):
                       trim_db=a.get("trim_db"))
 
 
-def balanced_keys(keys: list[str], labels: list[int], fraction: float, seed: int) -> list[str]:
-    """The same number of keys from every class (`fraction` of all keys over the classes, at least
-    one, at most what a class has), drawn with `seed`; sorted."""
-    by_class: dict[int, list[str]] = defaultdict(list)
-    for k, y in zip(keys, labels):
-        by_class[y].append(k)
-    per_class = max(1, round(fraction * len(keys) / len(by_class)))
-    rng = random.Random(seed)
-    chosen = []
-    for y in sorted(by_class):
-        members = sorted(by_class[y])
-        chosen += rng.sample(members, min(per_class, len(members)))
-    return sorted(chosen)
-
-
-def split_labels(data: str, split: str) -> tuple[list[str], list[int]]:
-    """Every key of `split` and its label, read from the `cls` members alone."""
+@torch.no_grad()
+def top_k(logits, device, data: str, split: str, field, batch_size: int, classes: int) -> dict:
+    """Score a classifier, `logits(batch) -> [B, classes]` with its weights on `device`, on every
+    sample of `data:split` (read through `field` and the labels): `top1`, `top5` where there are
+    more than 5 classes, `eval_samples`."""
     from ..data import LabelField, build_loader
 
-    loader = build_loader(data, [LabelField()], 512, split=split, shuffle=False, drop_last=False, num_workers=0,
-                          rank=0, world_size=1)
-    keys, labels = [], []
-    for batch in loader:
-        keys += batch["key"]
-        labels += batch["label"].tolist()
-    return keys, labels
-
-
-def write_subset(data: str, split: str, keys: set[str], out: Path, labels: list[str]) -> None:
-    """Copy the samples of `keys` (every member, bytes unchanged) into `out`, a make_shards folder
-    with one train split."""
-    from ..data.reader import read_segment
-    from ..data.shards import Segment, resolve_source
-    from ..data.writer import Journal, ShardWriter, write_manifest
-
-    out.mkdir(parents=True, exist_ok=True)
-    journal = Journal(out, resume=False)
-    writer = ShardWriter(out, "train", journal)
-    for url in resolve_source(data, split).urls:
-        for sample in read_segment(Segment(url, 0, 1 << 62), None, lambda *a: None):
-            if sample["__key__"] in keys:
-                writer.write(sample["__key__"], {k: v for k, v in sample.items() if not k.startswith("__")}, {})
-    writer.flush()
-    journal.close()
-    write_manifest(out, journal, labels, f"{data}:{split}", {"labelled_subset_of": data})
+    ev = build_loader(data, [field, LabelField()], batch_size, split=split, shuffle=False, drop_last=False,
+                      num_workers=0, rank=0, world_size=1)
+    top1 = top5 = n = 0
+    for batch in ev:
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        out, y = logits(batch), batch["label"]
+        top1 += int((out.argmax(1) == y).sum())
+        top5 += int((out.topk(min(5, classes), 1).indices == y.unsqueeze(1)).any(1).sum())
+        n += len(y)
+    return {"top1": top1 / n, **({"top5": top5 / n} if classes > 5 else {}), "eval_samples": n}
 
 
 def finetune(run_dir: Path, data: str, split: str, overrides: list[str]) -> tuple[dict, bool]:
@@ -256,7 +226,7 @@ def finetune(run_dir: Path, data: str, split: str, overrides: list[str]) -> tupl
     whether this is the main process, which alone holds the scores)."""
     from ..config import merge
     from ..data import LabelField, build_loader
-    from ..data.shards import resolve_source
+    from ..data.subset import LabelledSubset
     from ..preflight import check_source, has_labels
     from ..train import fit, start
 
@@ -274,40 +244,25 @@ def finetune(run_dir: Path, data: str, split: str, overrides: list[str]) -> tupl
                           "10% as val) or name split-marked shards (train-*.tar, val-*.tar)")
     tag = f"{cfg['init']}_{cfg['label_fraction']:g}_seed{cfg['seed']}"
     cfg["output_dir"] = cfg["output_dir"] or str(run_dir / "finetune" / tag)
-    keys, labels = split_labels(data, cfg["train_split"])
-    classes = max(labels) + 1
-    chosen = keys if cfg["label_fraction"] == 1 else balanced_keys(keys, labels, cfg["label_fraction"], cfg["seed"])
+    labelled = LabelledSubset(data, cfg["train_split"], cfg["label_fraction"], cfg["seed"], Path(cfg["output_dir"]))
+    classes, chosen = labelled.classes, labelled.keys
     if len(chosen) < cfg["batch_size"]:
         print(f"{len(chosen)} labelled samples, fewer than batch_size={cfg['batch_size']}: batch_size={len(chosen)}")
         cfg["batch_size"] = len(chosen)
     features = load_input(run_dir, run_cfg, cfg["init"])
     model = Classifier(features, features.out_dim, classes, cfg["label_smoothing"])
-    whole = len(chosen) == len(keys)
-    subset = Path(cfg["output_dir"]) / "subset"
     accelerator = start(cfg)
-    if accelerator.is_main_process and not whole and not (cfg["resume"] and (subset / "manifest.json").exists()):
-        write_subset(data, cfg["train_split"], set(chosen), subset, resolve_source(data, cfg["train_split"]).labels)
-        (Path(cfg["output_dir"]) / "labelled_keys.txt").write_text("".join(k + "\n" for k in chosen))
+    if accelerator.is_main_process:
+        labelled.write(cfg["resume"])
     accelerator.wait_for_everyone()
     # Each worker fills whole batches from its own piece: a small subset gets fewer workers.
     workers = min(cfg["num_workers"], max(1, len(chosen) // cfg["batch_size"]))
-    loader = build_loader(data if whole else str(subset), [input_field(run_cfg, True), LabelField()],
-                          cfg["batch_size"], split=cfg["train_split"] if whole else "train", num_workers=workers,
-                          seed=cfg["seed"], shuffle_buffer=cfg["shuffle_buffer"])
+    loader = build_loader(labelled.source, [input_field(run_cfg, True), LabelField()], cfg["batch_size"],
+                          split=labelled.split, num_workers=workers, seed=cfg["seed"], shuffle_buffer=cfg["shuffle_buffer"])
 
     def evaluate(m: Classifier, step: int) -> dict:
-        device = next(m.parameters()).device
-        ev = build_loader(data, [input_field(run_cfg, False), LabelField()], cfg["batch_size"], split=split,
-                          shuffle=False, drop_last=False, num_workers=0, rank=0, world_size=1)
-        top1 = top5 = n = 0
-        for batch in ev:
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            logits, y = m.logits(batch), batch["label"]
-            top1 += int((logits.argmax(1) == y).sum())
-            top5 += int((logits.topk(min(5, classes), 1).indices == y.unsqueeze(1)).any(1).sum())
-            n += len(y)
-        return {"finetune_top1": top1 / n, **({"finetune_top5": top5 / n} if classes > 5 else {}),
-                "finetune_eval_samples": n}
+        scores = top_k(m.logits, next(m.parameters()).device, data, split, input_field(run_cfg, False), cfg["batch_size"], classes)
+        return {f"finetune_{k}": v for k, v in scores.items()}
 
     result = fit(accelerator, cfg, model, loader, evaluate)
     return {"init": cfg["init"], "label_fraction": cfg["label_fraction"], "seed": cfg["seed"],

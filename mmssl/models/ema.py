@@ -22,9 +22,10 @@ def make_target(online: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """target <- momentum * target + (1 - momentum) * online, parameter by parameter; buffers copied."""
+def ema_update(target: nn.Module, online: nn.Module, momentum: float | torch.Tensor) -> None:
+    """target <- momentum * target + (1 - momentum) * online, parameter by parameter; buffers copied.
+    `momentum` may be a 0-d tensor on the device, so a schedule kept there costs no host sync."""
     for t, o in zip(target.parameters(), online.parameters(), strict=True):
-        t.mul_(momentum).add_(o.detach(), alpha=1.0 - momentum)
+        t.lerp_(o.detach(), 1.0 - momentum)
     for t, o in zip(target.buffers(), online.buffers(), strict=True):
         t.copy_(o)

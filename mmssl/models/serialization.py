@@ -1,5 +1,5 @@
-"""How mmssl's own encoders are written to and read from a folder (a leaf module: torch and
-safetensors only).
+"""How mmssl's own encoders are written to and read from a folder, and how a run's trained
+encoders reach `RUN/encoder/` (a leaf module: torch and safetensors only).
 
 A folder holds `model.safetensors` (the module's state dict, nothing pickled) and `mmssl_encoder.json`
 (META): `{kind: constructor arguments, "out_dim": D}`. The kind names the class that reads it back
@@ -49,3 +49,18 @@ def save_towers(directory: str | os.PathLike, towers: dict) -> Path:
     for name, tower in towers.items():
         tower.save_pretrained(path / name)
     return path
+
+
+def save_encoders(objective: nn.Module, directory: Path, preprocessors: dict) -> None:
+    """The one path by which a run's encoders reach disk: the objective's own `save_pretrained`
+    where it has several towers (CLIP writes `image/` and `text/`), else its `backbone`'s; an object
+    with neither (a test double) saves nothing. Each encoder class writes its own format (`save`
+    here, or transformers for Hugging Face towers). `preprocessors`: `{subfolder: write(directory)}`."""
+    save = getattr(objective, "save_pretrained", None)
+    if save is None and isinstance(getattr(objective, "backbone", None), nn.Module):
+        save = objective.backbone.save_pretrained
+    if save is None:
+        return
+    save(directory)
+    for sub, write in preprocessors.items():
+        write(directory / sub)

@@ -1,0 +1,185 @@
+#!/usr/bin/env python
+"""When does self-supervision pay? Top-1 on Fashion-MNIST's 10,000 test images with 1%, 10% and 100%
+of the 60,000 training labels, one CPU process.
+
+    python benchmarks/label_efficiency.py [--fractions 0.01,0.1,1] [--seeds 0,1,2] [--steps 300]
+                                          [--ssl simclr,byol,mae] [--ssl-steps 300] [--out runs/label_efficiency]
+
+Rows (each trained for --steps optimizer steps with the same class-balanced labels per seed,
+drawn by mmssl.data.subset; one step is a batch of 64 labelled images for fine-tuning, 32
+labelled and 7 x 32 unlabelled ones for the semi-supervised methods):
+- supervised from scratch: `python -m mmssl.eval RUN --task finetune --init random`;
+- linear probe on frozen SSL features, trained on the labelled share only;
+- SSL then fine-tuning: `--task finetune` from each SSL run's encoder;
+- Pseudo-Label and FixMatch: `recipes/fixmatch.py` with recipes/configs/fixmatch_demo.yaml;
+- FixMatch from an SSL init: the same, `init=` the SSL run with the best 1% linear probe.
+The SSL runs are the demo configs at --ssl-steps on the whole train split (no labels). Builds
+the shards first if needed (tools/build_fashion_mnist.py --train-per-class 6000: the official
+splits). Caches every cell in OUT/results.json (--force recomputes), writes OUT/table.md and the
+record benchmarks/results/label_efficiency.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from record import write_record  # noqa: E402
+
+DATA = "shards/fashion_mnist_full"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def run(cmd: list[str]) -> str:
+    """Run a user-facing command from the repository root; -> its stdout (fails with its stderr)."""
+    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)}\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def ssl_run(out: Path, method: str, steps: int) -> Path:
+    folder = out / "ssl" / method
+    if not (folder / "encoder").exists():
+        run([sys.executable, "recipes/image_ssl.py", "--config", f"recipes/configs/{method}_demo.yaml",
+             f"output_dir={folder}", f"data.train={DATA}", f"data.val={DATA}", f"max_steps={steps}", "eval_tasks=[]",
+             "save_every=0", "tensorboard=false", "overwrite=true"])
+    return folder
+
+
+def finetune(ssl: Path, fraction: float, seed: int, steps: int, init: str, out: Path) -> float:
+    folder = out / "finetune" / f"{ssl.name}_{init}_{fraction:g}_seed{seed}"
+    stdout = run([sys.executable, "-m", "mmssl.eval", str(ssl), "--task", "finetune", "--data", DATA, "--split", "test",
+                  "--label-fraction", str(fraction), "--seed", str(seed), "--init", init, f"max_steps={steps}",
+                  f"output_dir={folder}", "overwrite=true"])
+    return json.loads(stdout.strip().splitlines()[-1])["finetune_top1"]
+
+
+def semi(method: str, fraction: float, seed: int, steps: int, out: Path, init: Path | None = None) -> float:
+    folder = out / "semi" / f"{method}{'_init' if init else ''}_{fraction:g}_seed{seed}"
+    run([sys.executable, "recipes/fixmatch.py", "--config", "recipes/configs/fixmatch_demo.yaml", f"objective={method}",
+         f"output_dir={folder}", f"data.train={DATA}", f"data.val={DATA}", f"labels.fraction={fraction}", f"seed={seed}",
+         f"max_steps={steps}", "eval_every=0", "save_every=0", "tensorboard=false", "overwrite=true",
+         *([f"init={init}"] if init else [])])
+    evals = [json.loads(ln) for ln in (folder / "metrics.jsonl").read_text().splitlines() if '"eval"' in ln]
+    return evals[-1]["top1"]
+
+
+def features(ssl: Path) -> dict:
+    """Frozen features of every train and test image, in the evaluation's preprocessing."""
+    import yaml
+
+    from mmssl.eval.backbone_model import BackboneEval
+    from mmssl.eval.features import extract
+    from mmssl.eval.tasks import _loader
+    from mmssl.models.encoders import build_encoder
+
+    size = yaml.safe_load((ssl / "config.yaml").read_text())["image_size"]
+    model = BackboneEval(build_encoder({"name": str(ssl / "encoder")}).eval())
+    return {split: extract(_loader(DATA, split, size, False, True, 256, 2), lambda b: model.image_features(b["image"]))
+            for split in ("train", "test")}
+
+
+def probe(feats: dict, fraction: float, seed: int) -> float:
+    from mmssl.data.subset import balanced_keys
+    from mmssl.eval.linear_probe import linear_probe
+
+    train, test = feats["train"], feats["test"]
+    chosen = set(balanced_keys(train["key"], train["label"].tolist(), fraction, seed))
+    rows = torch.tensor([k in chosen for k in train["key"]])
+    return linear_probe(train["features"][rows], train["label"][rows], test["features"], test["label"],
+                        seed=seed)["linear_top1"]
+
+
+def table(results: dict, fractions: list[float], seeds: list[int], ssl: list[str]) -> str:
+    def cell(row: str, f: float) -> str:
+        values = [results[k] for k in (f"{row}|{f:g}|{s}" for s in seeds) if k in results]
+        if not values:
+            return "not run"
+        mean = 100 * statistics.mean(values)
+        spread = f" ({100 * min(values):.1f} – {100 * max(values):.1f})" if len(values) > 1 else ""
+        return f"{mean:.1f}%{spread}"
+
+    rows = [("supervised from scratch", "supervised")]
+    rows += [(f"linear probe on {m} features", f"linear:{m}") for m in ssl]
+    rows += [(f"{m} + fine-tune", f"finetune:{m}") for m in ssl]
+    rows += [("Pseudo-Label", "pseudo_label"), ("FixMatch", "fixmatch")]
+    init = results.get("fixmatch_init_from")
+    rows += [(f"FixMatch from {init}", "fixmatch_init")] if init else []
+    head = "| row | " + " | ".join(f"{f:.0%} labels ({round(f * 60000):,})" for f in fractions) + " |"
+    lines = [head, "|---" * (len(fractions) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(cell(key, f) for f in fractions) + " |" for name, key in rows]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--fractions", default="0.01,0.1,1")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--ssl", default="simclr,byol,mae")
+    p.add_argument("--ssl-steps", type=int, default=300)
+    p.add_argument("--rows", default="supervised,linear,finetune,pseudo_label,fixmatch,fixmatch_init")
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "label_efficiency")
+    p.add_argument("--force", action="store_true")
+    args = p.parse_args(argv)
+    fractions = [float(f) for f in args.fractions.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    ssl = args.ssl.split(",")
+    wanted = set(args.rows.split(","))
+    if not (ROOT / DATA / "manifest.json").exists():
+        run([sys.executable, "tools/build_fashion_mnist.py", "--out", DATA, "--train-per-class", "6000"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    cache = args.out / "results.json"
+    results = {} if args.force or not cache.exists() else json.loads(cache.read_text())
+    if results.get("steps", args.steps) != args.steps or results.get("ssl_steps", args.ssl_steps) != args.ssl_steps:
+        raise SystemExit(f"{cache} holds other budgets; use another --out or --force")
+    results.update(steps=args.steps, ssl_steps=args.ssl_steps)
+
+    def cell(key: str, compute) -> None:
+        if key not in results:
+            results[key] = compute()
+            cache.write_text(json.dumps(results, indent=1))
+            print(f"{key}: {100 * results[key]:.1f}%", flush=True)
+
+    runs = {m: ssl_run(args.out, m, args.ssl_steps) for m in ssl}
+    for f in fractions:
+        for s in seeds:
+            if "supervised" in wanted:
+                cell(f"supervised|{f:g}|{s}", lambda: finetune(runs[ssl[0]], f, s, args.steps, "random", args.out))
+            for m in ssl:
+                if "linear" in wanted and f"linear:{m}|{f:g}|{s}" not in results:
+                    feats = features(runs[m])
+                    for f2 in fractions:  # one feature pass serves every share
+                        cell(f"linear:{m}|{f2:g}|{s}", lambda: probe(feats, f2, s))
+                if "finetune" in wanted:
+                    cell(f"finetune:{m}|{f:g}|{s}", lambda: finetune(runs[m], f, s, args.steps, "run", args.out))
+            for method in ("pseudo_label", "fixmatch"):
+                if method in wanted:
+                    cell(f"{method}|{f:g}|{s}", lambda: semi(method, f, s, args.steps, args.out))
+    if "fixmatch_init" in wanted:
+        linear = {m: statistics.mean(v for k, v in results.items() if k.startswith(f"linear:{m}|{fractions[0]:g}|"))
+                  for m in ssl if any(k.startswith(f"linear:{m}|") for k in results)}
+        best = max(linear, key=linear.get) if linear else ssl[0]
+        results["fixmatch_init_from"] = best
+        for f in fractions:
+            for s in seeds:
+                cell(f"fixmatch_init|{f:g}|{s}", lambda: semi("fixmatch", f, s, args.steps, args.out, runs[best]))
+    text = table(results, fractions, seeds, ssl)
+    (args.out / "table.md").write_text(text)
+    print(text)
+    write_record(ROOT / "benchmarks" / "results" / "label_efficiency.json", table=text, results=results,
+                 data=DATA, fractions=fractions, seeds=seeds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
