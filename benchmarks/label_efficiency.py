@@ -11,7 +11,9 @@ labelled and 7 x 32 unlabelled ones for the semi-supervised methods):
 - supervised from scratch: `python -m mmssl.eval RUN --task finetune --init random`;
 - linear probe on frozen SSL features, trained on the labelled share only;
 - SSL then fine-tuning: `--task finetune` from each SSL run's encoder;
-- Pseudo-Label and FixMatch: `recipes/fixmatch.py` with recipes/configs/fixmatch_demo.yaml;
+- Pseudo-Label and FixMatch: `recipes/fixmatch.py` with recipes/configs/fixmatch_demo.yaml, and
+  the same recipe with `fixmatch.lambda_u=0`: its supervised part alone, the like-for-like baseline
+  (same batch, learning rate, weak view and averaging);
 - FixMatch from an SSL init: the same, `init=` the SSL run with the best 1% linear probe.
 The SSL runs are the demo configs at --ssl-steps on the whole train split (no labels). Builds
 the shards first if needed (tools/build_fashion_mnist.py --train-per-class 6000: the official
@@ -63,12 +65,14 @@ def finetune(ssl: Path, fraction: float, seed: int, steps: int, init: str, out: 
     return json.loads(stdout.strip().splitlines()[-1])["finetune_top1"]
 
 
-def semi(method: str, fraction: float, seed: int, steps: int, out: Path, init: Path | None = None) -> float:
-    folder = out / "semi" / f"{method}{'_init' if init else ''}_{fraction:g}_seed{seed}"
+def semi(method: str, fraction: float, seed: int, steps: int, out: Path, init: Path | None = None,
+         extra: tuple[str, ...] = ()) -> float:
+    tag = ("_init" if init else "") + ("_" + "_".join(extra).replace("=", "") if extra else "")
+    folder = out / "semi" / f"{method}{tag}_{fraction:g}_seed{seed}"
     run([sys.executable, "recipes/fixmatch.py", "--config", "recipes/configs/fixmatch_demo.yaml", f"objective={method}",
          f"output_dir={folder}", f"data.train={DATA}", f"data.val={DATA}", f"labels.fraction={fraction}", f"seed={seed}",
          f"max_steps={steps}", "eval_every=0", "save_every=0", "tensorboard=false", "overwrite=true",
-         *([f"init={init}"] if init else [])])
+         *([f"init={init}"] if init else []), *extra])
     evals = [json.loads(ln) for ln in (folder / "metrics.jsonl").read_text().splitlines() if '"eval"' in ln]
     return evals[-1]["top1"]
 
@@ -111,7 +115,8 @@ def table(results: dict, fractions: list[float], seeds: list[int], ssl: list[str
     rows = [("supervised from scratch", "supervised")]
     rows += [(f"linear probe on {m} features", f"linear:{m}") for m in ssl]
     rows += [(f"{m} + fine-tune", f"finetune:{m}") for m in ssl]
-    rows += [("Pseudo-Label", "pseudo_label"), ("FixMatch", "fixmatch")]
+    rows += [("FixMatch's recipe with lambda_u = 0 (its labelled images alone)", "fixmatch_supervised"),
+             ("Pseudo-Label", "pseudo_label"), ("FixMatch", "fixmatch")]
     init = results.get("fixmatch_init_from")
     rows += [(f"FixMatch from {init}", "fixmatch_init")] if init else []
     head = "| row | " + " | ".join(f"{f:.0%} labels ({round(f * 60000):,})" for f in fractions) + " |"
@@ -127,7 +132,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--ssl", default="simclr,byol,mae")
     p.add_argument("--ssl-steps", type=int, default=300)
-    p.add_argument("--rows", default="supervised,linear,finetune,pseudo_label,fixmatch,fixmatch_init")
+    p.add_argument("--rows", default="supervised,linear,finetune,fixmatch_supervised,pseudo_label,fixmatch,fixmatch_init")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "label_efficiency")
     p.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
@@ -165,6 +170,9 @@ def main(argv=None) -> int:
             for method in ("pseudo_label", "fixmatch"):
                 if method in wanted:
                     cell(f"{method}|{f:g}|{s}", lambda: semi(method, f, s, args.steps, args.out))
+            if "fixmatch_supervised" in wanted:  # the same recipe, nothing learnt from unlabelled images
+                cell(f"fixmatch_supervised|{f:g}|{s}",
+                     lambda: semi("fixmatch", f, s, args.steps, args.out, extra=("fixmatch.lambda_u=0",)))
     if "fixmatch_init" in wanted:
         linear = {m: statistics.mean(v for k, v in results.items() if k.startswith(f"linear:{m}|{fractions[0]:g}|"))
                   for m in ssl if any(k.startswith(f"linear:{m}|") for k in results)}
