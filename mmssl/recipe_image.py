@@ -14,6 +14,7 @@ gets it as the `backbone` default.
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 
 from .config import ConfigError, Key, chosen, constructor_keys, set_defaults
@@ -145,8 +146,11 @@ def build_objective(cfg: dict):
     size = own.get("image_size") if isinstance(own, dict) else None
     if size is not None and size != cfg["image_size"]:
         raise ConfigError(f"backbone.config.image_size is {size} but image_size is {cfg['image_size']}; make them equal")
+    cls = objective_class(name)
+    # A method whose decoder is sized by the input (the context encoder) asks for image_size.
+    sized = {"image_size": cfg["image_size"]} if "image_size" in inspect.signature(cls).parameters else {}
     try:
-        return objective_class(name)(backbone, **cfg[name])
+        return cls(backbone, **sized, **cfg[name])
     except ValueError as exn:
         raise ConfigError(f"{name}: {exn}") from None
 

@@ -1,0 +1,129 @@
+"""Context encoder: paint in a hidden region of the image from what surrounds it.
+
+Paper: Pathak et al. 2016, "Context Encoders: Feature Learning by Inpainting",
+https://arxiv.org/abs/1604.07379. A region is hidden (set to the mean colour, 0 after
+normalisation); the backbone encodes what is left, a fully connected bottleneck and a decoder of
+transposed convolutions paint the whole image back, and the loss is the L2 error on the hidden
+pixels only (the paper's reconstruction loss; its adversarial term, which sharpens the pictures
+but does not help the features, is not included).
+
+Mask shapes (`mask`), which the paper ranks worst to best for the features it learns:
+- `center`: the central square of half the side (a quarter of the image);
+- `blocks`: squares of a quarter of the side at random places until about `area` is hidden;
+- `region`: a random smooth blob covering `area` (low-resolution noise, upsampled, thresholded at
+  its own quantile). The paper cuts random shapes out of PASCAL VOC segmentation masks; the blob
+  keeps what matters, an irregular region at a random place, without that dataset.
+Masks are drawn in the model with torch's RNG, like MAE's.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..collapse import embedding_std
+
+
+def center_mask(b: int, s: int, device=None) -> torch.Tensor:
+    """[B, 1, S, S] with 1 on the central square of side S / 2."""
+    mask = torch.zeros(b, 1, s, s, device=device)
+    lo, hi = s // 4, s // 4 + s // 2
+    mask[:, :, lo:hi, lo:hi] = 1
+    return mask
+
+
+def block_mask(b: int, s: int, area: float, device=None) -> torch.Tensor:
+    """[B, 1, S, S]: squares of side S / 4 at random places, added until `area` of the image is hidden."""
+    side = max(1, s // 4)
+    mask = torch.zeros(b, 1, s, s, device=device)
+    for i in range(b):
+        while mask[i].mean() < area:
+            y, x = (int(v) for v in torch.randint(s - side + 1, (2,)))
+            mask[i, :, y:y + side, x:x + side] = 1
+    return mask
+
+
+def region_mask(b: int, s: int, area: float, device=None) -> torch.Tensor:
+    """[B, 1, S, S]: a smooth random blob covering `area` of the image (see the module docstring)."""
+    noise = torch.rand(b, 1, max(2, s // 8), max(2, s // 8), device=device)
+    smooth = F.interpolate(noise, size=(s, s), mode="bicubic", align_corners=False).flatten(1)
+    threshold = smooth.quantile(1 - area, dim=1, keepdim=True)
+    return (smooth > threshold).float().view(b, 1, s, s)
+
+
+MASKS = {"center": lambda b, s, area, device: center_mask(b, s, device), "blocks": block_mask, "region": region_mask}
+
+
+def inpainting_loss(pred: torch.Tensor, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the hidden pixels: sum(M (pred - x)^2) / (C sum(M)).
+    pred, images [B, C, S, S]; mask [B, 1, S, S] with 1 = hidden."""
+    return ((pred - images) ** 2 * mask).sum() / (mask.sum() * images.shape[1]).clamp(min=1)
+
+
+def decoder_plan(s: int) -> tuple[int, int]:
+    """(g, k): the decoder starts from a g x g map and doubles it k times to S, with k as large as
+    keeps g >= 4 (32 px: 4 x 4 and 3 doublings; 224 px: 7 x 7 and 5)."""
+    k = 0
+    while s % 2 ** (k + 1) == 0 and s // 2 ** (k + 1) >= 4:
+        k += 1
+    if k == 0:
+        raise ValueError(f"the context encoder's decoder needs an even image side of at least 8, got {s}")
+    return s // 2 ** k, k
+
+
+class ContextEncoder(nn.Module):
+    """backbone `[B,3,S,S] -> [B, D]`; batch `image` [B, 3, S, S]; a fully connected bottleneck to a
+    g x g map and k transposed convolutions (`decoder_plan`) paint `[B, 3, S, S]` from the D features.
+
+    Args:
+        mask: shape of the hidden region: center, blocks or region
+        area: share of the image hidden by blocks and region (center hides a quarter)
+        decoder_dim: channels of the decoder's first map, halved at each upsampling (at least 32)
+    """
+
+    views = "one_image"  # the batch it trains on: mmssl.recipe_image.VIEWS
+
+    def __init__(self, backbone: nn.Module, image_size: int, mask: Literal["center", "blocks", "region"] = "region",
+                 area: float = 0.25, decoder_dim: int = 256):
+        super().__init__()
+        if not 0.0 < area < 1.0:
+            raise ValueError(f"area must be in (0, 1), got {area}")
+        self.backbone, self.mask_shape, self.area, self.decoder_dim = backbone, mask, area, decoder_dim
+        self.grid, ups = decoder_plan(image_size)
+        self.bottleneck = nn.Linear(backbone.out_dim, decoder_dim * self.grid ** 2)
+        layers, c_in = [], decoder_dim
+        for i in range(ups):
+            last = i == ups - 1
+            c_out = 3 if last else max(32, c_in // 2)
+            layers.append(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1))
+            if not last:
+                layers += [nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+            c_in = c_out
+        self.decoder = nn.Sequential(*layers)
+
+    def hide(self, images: torch.Tensor) -> torch.Tensor:
+        """-> mask [B, 1, S, S] (1 = hidden) of the configured shape."""
+        b, _, s, _ = images.shape
+        return MASKS[self.mask_shape](b, s, self.area, images.device)
+
+    def paint(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (the image painted back from its visible part [B, 3, S, S], the backbone's features [B, D])."""
+        features = self.backbone(images * (1 - mask))
+        return self.decoder(self.bottleneck(features).view(-1, self.decoder_dim, self.grid, self.grid)), features
+
+    def forward(self, batch: dict, progress: float = 0.0) -> dict:
+        images = batch["image"]
+        mask = self.hide(images)
+        pred, features = self.paint(images, mask)
+        return {"loss": inpainting_loss(pred, images, mask), "hidden_share": mask.mean(),
+                "mean_colour_loss": inpainting_loss(torch.zeros_like(images), images, mask).detach(),
+                "embed_std": embedding_std(features)}
+
+    @torch.no_grad()
+    def reconstruction_grid(self, images: torch.Tensor) -> torch.Tensor:
+        """[N, 3, S, S] -> [N, 3, S, 3S]: original | with the region hidden | the painted region pasted in."""
+        mask = self.hide(images)
+        pred, _ = self.paint(images, mask)
+        return torch.cat([images, images * (1 - mask), images * (1 - mask) + pred * mask], dim=-1)
