@@ -9,8 +9,8 @@ import torch
 
 from mmssl.data import ImageField, build_loader, eval_transform
 from mmssl.models.encoders import build_encoder
-from mmssl.objectives.inpainting import ContextEncoder, block_mask, center_mask, decoder_plan, inpainting_loss, \
-    region_mask
+from mmssl.models.heads import decoder_plan
+from mmssl.objectives.inpainting import ContextEncoder, block_mask, center_mask, inpainting_loss, region_mask
 from mmssl.recipe_image import RESNET_32PX, one_image
 
 

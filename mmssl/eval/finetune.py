@@ -142,8 +142,11 @@ def fresh(encoder: nn.Module) -> nn.Module:
     """The same architecture with new weights, initialised as its own constructor does."""
     from transformers import AutoModel, PreTrainedModel
 
+    from ..models.colour import LightnessEncoder
     from ..models.encoders import EncoderSpecError, HFEncoder, TorchvisionEncoder
 
+    if isinstance(encoder, LightnessEncoder):
+        return LightnessEncoder(fresh(encoder.encoder))
     if isinstance(encoder, TorchvisionEncoder):
         return TorchvisionEncoder(encoder.name)
     if isinstance(encoder, HFEncoder):

@@ -36,6 +36,7 @@ from torch import nn
 
 from . import serialization
 from .audio import LogMelCNN, WaveEncoder
+from .colour import INPUT_META, LightnessEncoder
 from .vit import ViT
 
 # Our own encoders by name (models/audio.py, models/vit.py); `config` gives their arguments.
@@ -297,6 +298,8 @@ def build_encoder(spec: dict) -> nn.Module:
     else:
         model = _load_hf(name, modality, spec.get("config") or {}, bool(spec.get("trust_remote_code", False)))
         encoder = HFEncoder(model, modality, spec.get("pooling", "pooler" if modality == "image" else "mean"))
+    if os.path.isfile(os.path.join(name, INPUT_META)):  # trained on lightness alone (colourisation)
+        encoder = LightnessEncoder(encoder)
     if spec.get("freeze", False):
         freeze(encoder)
     return encoder

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..collapse import embedding_std
+from ..models.heads import ConvDecoder
 
 
 def center_mask(b: int, s: int, device=None) -> torch.Tensor:
@@ -62,20 +63,9 @@ def inpainting_loss(pred: torch.Tensor, images: torch.Tensor, mask: torch.Tensor
     return ((pred - images) ** 2 * mask).sum() / (mask.sum() * images.shape[1]).clamp(min=1)
 
 
-def decoder_plan(s: int) -> tuple[int, int]:
-    """(g, k): the decoder starts from a g x g map and doubles it k times to S, with k as large as
-    keeps g >= 4 (32 px: 4 x 4 and 3 doublings; 224 px: 7 x 7 and 5)."""
-    k = 0
-    while s % 2 ** (k + 1) == 0 and s // 2 ** (k + 1) >= 4:
-        k += 1
-    if k == 0:
-        raise ValueError(f"the context encoder's decoder needs an even image side of at least 8, got {s}")
-    return s // 2 ** k, k
-
-
 class ContextEncoder(nn.Module):
-    """backbone `[B,3,S,S] -> [B, D]`; batch `image` [B, 3, S, S]; a fully connected bottleneck to a
-    g x g map and k transposed convolutions (`decoder_plan`) paint `[B, 3, S, S]` from the D features.
+    """backbone `[B,3,S,S] -> [B, D]`; batch `image` [B, 3, S, S]; a `models.heads.ConvDecoder` paints
+    `[B, 3, S, S]` from the D features.
 
     Args:
         mask: shape of the hidden region: center, blocks or region
@@ -90,18 +80,8 @@ class ContextEncoder(nn.Module):
         super().__init__()
         if not 0.0 < area < 1.0:
             raise ValueError(f"area must be in (0, 1), got {area}")
-        self.backbone, self.mask_shape, self.area, self.decoder_dim = backbone, mask, area, decoder_dim
-        self.grid, ups = decoder_plan(image_size)
-        self.bottleneck = nn.Linear(backbone.out_dim, decoder_dim * self.grid ** 2)
-        layers, c_in = [], decoder_dim
-        for i in range(ups):
-            last = i == ups - 1
-            c_out = 3 if last else max(32, c_in // 2)
-            layers.append(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1))
-            if not last:
-                layers += [nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
-            c_in = c_out
-        self.decoder = nn.Sequential(*layers)
+        self.backbone, self.mask_shape, self.area = backbone, mask, area
+        self.decoder = ConvDecoder(backbone.out_dim, 3, image_size, decoder_dim)
 
     def hide(self, images: torch.Tensor) -> torch.Tensor:
         """-> mask [B, 1, S, S] (1 = hidden) of the configured shape."""
@@ -111,7 +91,7 @@ class ContextEncoder(nn.Module):
     def paint(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (the image painted back from its visible part [B, 3, S, S], the backbone's features [B, D])."""
         features = self.backbone(images * (1 - mask))
-        return self.decoder(self.bottleneck(features).view(-1, self.decoder_dim, self.grid, self.grid)), features
+        return self.decoder(features), features
 
     def forward(self, batch: dict, progress: float = 0.0) -> dict:
         images = batch["image"]
