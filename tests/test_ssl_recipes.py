@@ -23,7 +23,8 @@ def test_recipe_runs_with_two_processes_and_saves_an_encoder(name, fashion_shard
     run = tmp_path / name
     accelerate_2proc(str(ROOT / "recipes" / "image_ssl.py"), "--config", str(ROOT / "recipes/configs" / f"{name}_demo.yaml"),
                      f"output_dir={run}", f"data.train={fashion_shards}", f"data.val={fashion_shards}", "max_steps=2",
-                     "batch_size=8", "save_every=2", "log_every=1", "num_workers=1", "tensorboard=false")
+                     "batch_size=8", "save_every=2", "log_every=1", "num_workers=1", "tensorboard=false",
+                     "eval_split=test")  # the fixture holds out Fashion-MNIST's test split
     assert (run / "checkpoints" / "step_0000002" / "data_rank1.json").exists()
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert sum("loss" in r for r in records) == 2
