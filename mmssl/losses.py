@@ -229,8 +229,9 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, all_z: torch.Tensor, all_
     pos = (labels[:, None] == all_labels[None, :]) & ~self_mask
     n_pos = pos.sum(1)
     per_anchor = -(log_prob.masked_fill(~pos, 0.0)).sum(1) / n_pos.clamp(min=1)
-    has = n_pos > 0
-    return per_anchor[has].mean() if has.any() else logits.new_zeros(()) * z.sum()
+    # An anchor without positives adds 0 and is not counted (no branch on the data: nothing is read
+    # back from the device); with none at all the loss is 0 and still part of the graph.
+    return per_anchor.sum() / (n_pos > 0).sum().clamp(min=1)
 
 
 def masked_patch_mse(pred: torch.Tensor, patches: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True) -> torch.Tensor:
@@ -245,26 +246,34 @@ def masked_patch_mse(pred: torch.Tensor, patches: torch.Tensor, mask: torch.Tens
         mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
         target = (target - mean) / (var + 1e-6).sqrt()
     per_patch = (pred - target).pow(2).mean(-1)
-    if mask.sum() == 0:
-        return per_patch.mean()
-    return (per_patch * mask).sum() / mask.sum()
+    hidden = mask.sum()  # chosen on the device: no value is read back to the host
+    return torch.where(hidden > 0, (per_patch * mask).sum() / hidden.clamp(min=1), per_patch.mean())
 
 
 def videomae_targets(tubelets: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True,
-                     eps: float = 1e-6) -> torch.Tensor:
+                     eps: float = 1e-6, hidden: int | None = None) -> torch.Tensor:
     """VideoMAE's regression targets: tubelets [B, L, t*p*p, C] pixels in [0, 1]
     (`models.masking.tubelet_patchify`), mask bool [B, L] (True = hidden) -> [B, M, t*p*p*C] for the
     M hidden tokens of each sample in token order (all L when nothing is hidden). With `norm_pix`
     each tubelet is standardised per channel: (x - mean) / (unbiased std + eps), as in the paper's
     code with eps = 1e-6; a larger eps (in pixel units) keeps near-flat tubelets, whose variation is
-    8-bit quantisation and compression noise, from being blown up into unit-variance noise."""
+    8-bit quantisation and compression noise, from being blown up into unit-variance noise.
+    `hidden`, the hidden tokens per sample where the caller knows it, spares reading it from `mask`."""
     target = tubelets
     if norm_pix:
         target = (target - target.mean(-2, keepdim=True)) / (target.var(-2, unbiased=True, keepdim=True).sqrt() + eps)
     target = target.flatten(2)
-    if mask.any():
-        target = target[mask].reshape(target.shape[0], -1, target.shape[-1])
+    hidden = int(mask[0].sum()) if hidden is None else hidden
+    if hidden:
+        return torch.gather(target, 1, hidden_first(mask)[:, :hidden, None].expand(-1, -1, target.shape[-1]))
     return target
+
+
+def hidden_first(mask: torch.Tensor) -> torch.Tensor:
+    """bool [B, L] (True = hidden) -> token indices [B, L]: the hidden ones first, then the visible
+    ones, each in token order. Gathering by it does what boolean indexing does when every row hides
+    as many tokens, without reading the mask back to the host."""
+    return mask.to(torch.uint8).argsort(dim=1, descending=True, stable=True)
 
 
 def videomae_loss(pred: torch.Tensor, tubelets: torch.Tensor, mask: torch.Tensor,
@@ -285,25 +294,33 @@ def cpc_loss(z: torch.Tensor, predictions: list[torch.Tensor],
     its sequence and of the other sequences) are negatives. `valid` bool [B, T] (a prefix of each
     row: the steps that hold signal, not padding) keeps only valid targets, as positives and as
     negatives, and only the guesses of valid targets. Returns (the mean over k of the mean
-    cross-entropy, the mean top-1 accuracy of picking the positive).
+    cross-entropy, the mean top-1 accuracy of picking the positive); offsets without a valid
+    target are left out of the mean, and a batch without any gives 0.
     """
-    losses, accs = [], []
+    losses, accs, present = [], [], []
     b, t, d = z.shape
     for k, pred in enumerate(predictions, start=1):
-        targets, guesses = z[:, k:], pred
-        if valid is not None:
-            keep = valid[:, k:]
-            if not keep.any():
-                continue
-            targets, guesses = targets[keep], guesses[keep]
-        targets, guesses = targets.reshape(-1, d), guesses.reshape(-1, d)  # [N, D]
+        targets, guesses = z[:, k:].reshape(-1, d), pred.reshape(-1, d)  # [N, D]
         logits = guesses @ targets.t()
         labels = torch.arange(targets.shape[0], device=z.device)
-        losses.append(F.cross_entropy(logits, labels))
-        accs.append((logits.argmax(1) == labels).float().mean())
-    if not losses:
-        raise ValueError(f"CPC: no sequence in the batch has more than 1 valid step of {t}")
-    return torch.stack(losses).mean(), torch.stack(accs).mean()
+        if valid is None:
+            losses.append(F.cross_entropy(logits, labels))
+            accs.append((logits.argmax(1) == labels).float().mean())
+            present.append(torch.ones((), device=z.device))
+            continue
+        # Padding is masked, not indexed away, so nothing is read back from the device: a padded
+        # target scores the dtype's lowest value (out of every softmax), a padded guess weighs 0.
+        keep = valid[:, k:].reshape(-1)
+        logits = logits.masked_fill(~keep[None, :], torch.finfo(logits.dtype).min)
+        count = keep.sum().clamp(min=1)
+        per_guess = F.cross_entropy(logits, labels, reduction="none")
+        losses.append(torch.where(keep, per_guess, torch.zeros_like(per_guess)).sum() / count)
+        accs.append(((logits.argmax(1) == labels) & keep).sum() / count)
+        present.append(keep.any().float())
+    # The mean over the offsets k that have a valid target at all.
+    weight = torch.stack(present)
+    norm = weight.sum().clamp(min=1)
+    return (torch.stack(losses) * weight).sum() / norm, (torch.stack(accs) * weight).sum() / norm
 
 
 def pseudo_label_loss(target_logits: torch.Tensor, logits: torch.Tensor, threshold: float

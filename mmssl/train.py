@@ -6,6 +6,10 @@ one optimizer update and one scheduler step. Mixed precision comes from the acce
 Accelerate (see mmssl.data.loader); the LR scheduler is stepped here once per step, not through
 Accelerate, which would step it once per process.
 
+The step never waits for the device: logged values are summed on it (`LogWindow`) and the
+non-finite guard skips a bad update inside the optimizer's kernel (`NonFiniteGuard`); the host
+reads the device once at each log, checkpoint and eval boundary.
+
 Three optional objective attributes: `after_step(progress)`, called after each optimizer update
 (momentum encoders); `lr_multipliers`, {submodule prefix: factor} for the optimizer's groups
 (mmssl.optim.param_groups; BYOL's and SimSiam's predictor); and `fixed_lr`, submodule prefixes
@@ -27,7 +31,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from . import checkpoint, dist
 from .config import ConfigError, Key, to_yaml
 from .models.serialization import save_encoders
-from .optim import build_optimizer, group_schedules, warmup_cosine
+from .optim import build_optimizer, group_schedules, skips_on_device, warmup_cosine
 
 # Keys every recipe accepts (recipes add their own on top, with mmssl.config.set_defaults).
 TRAIN_DEFAULTS = {
@@ -45,7 +49,7 @@ TRAIN_DEFAULTS = {
     "optimizer": Key("adamw", "optimizer", choices=("adamw", "lars", "sgd")),
     "betas": Key([0.9, 0.999], "AdamW's (beta1, beta2)", min=0),
     "grad_clip": Key(1.0, "clip the gradient norm to this (0 disables)", min=0),
-    "log_every": Key(10, "steps between metrics.jsonl lines", min=1),
+    "log_every": Key(10, "steps between metrics.jsonl lines (each holds the means over those steps)", min=1),
     "save_every": Key(100, "steps between checkpoints, and one at the end (0: none but on SIGTERM or Ctrl-C)", min=0),
     "keep_checkpoints": Key(2, "newest checkpoints kept", min=1),
     "eval_every": Key(0, "steps between evaluations (0: only at the end)", min=0),
@@ -155,8 +159,75 @@ def _to_device(batch: dict, device) -> dict:
     return {k: move(v) for k, v in batch.items()}
 
 
-def _scalar(v) -> float:
-    return float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else float(v)
+class LogWindow:
+    """What an objective reports, summed over the steps since the last log line without leaving the
+    device, and read with one transfer at the boundary: means over the window's steps."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.steps = 0
+
+    def add(self, out: dict, weight: float = 1.0) -> None:
+        for k, v in out.items():
+            v = v.detach().float().mean() if isinstance(v, torch.Tensor) else float(v)
+            self.sums[k] = self.sums.get(k, 0.0) + v * weight
+
+    def read(self, *extra: torch.Tensor | float) -> list:
+        """-> [{key: window mean}, then `extra` as floats]: one host synchronisation for all of them."""
+        keys = list(self.sums)
+        values = [self.sums[k] for k in keys] + list(extra)
+        device = next((v.device for v in values if isinstance(v, torch.Tensor)), "cpu")
+        flat = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device).reshape(()) for v in values]).tolist()
+        steps = max(self.steps, 1)
+        return [{k: v / steps for k, v in zip(keys, flat)}, *flat[len(keys):]]
+
+    def reset(self) -> None:
+        self.sums, self.steps = {}, 0
+
+
+class NonFiniteGuard:
+    """No optimizer update is applied with a non-finite loss (on any rank) or gradient.
+
+    The check stays on the device: the flag goes to the optimizer as `found_inf`, which skips the
+    update in its kernel (mmssl.optim). `flags()` carries the first bad step and its loss to the
+    next boundary, where `fit` stops with one line naming that step. Under fp16 loss scaling the
+    scaler owns `found_inf` (an overflow there is routine); a non-finite loss still stops the run.
+    Optimisers without the protocol fall back to one host check per step.
+    """
+
+    def __init__(self, accelerator, optimizer):
+        self.inner = getattr(optimizer, "optimizer", optimizer)
+        self.scaled = getattr(accelerator, "scaler", None) is not None
+        self.on_device = skips_on_device(optimizer)
+        self.device = accelerator.device
+        self.loss_bad = torch.zeros((), device=self.device)
+        self.first = torch.zeros(3, device=self.device)  # (step, loss, gradient norm) of the first bad step
+        self.first_bad_step = 0
+
+    def see_loss(self, loss: torch.Tensor) -> None:
+        self.last_loss = loss.detach().float().mean()
+        self.loss_bad = self.loss_bad + (~torch.isfinite(self.last_loss)).float()
+
+    def before_update(self, grad_norm: torch.Tensor, step: int) -> None:
+        loss_bad = dist.all_reduce_sum(self.loss_bad)
+        bad = (loss_bad > 0) | ~torch.isfinite(grad_norm.float())
+        new = bad & (self.first[0] == 0)
+        now = torch.stack([torch.full((), float(step), device=self.device), self.last_loss, grad_norm.float()])
+        self.first = torch.where(new, now, self.first)
+        if not self.scaled:
+            if self.on_device:
+                self.inner.found_inf = bad.float()
+            elif bool(bad):
+                raise TrainingDiverged(f"loss or gradient became non-finite at step {step}")
+        self.loss_bad = torch.zeros((), device=self.device)
+
+    def describe(self, first: list[float]) -> str | None:
+        """'loss became nan' / 'gradient norm became inf', or None when every step was finite."""
+        step, loss, norm = first
+        if step == 0:
+            return None
+        self.first_bad_step = int(step)
+        return f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {norm}"
 
 
 def _flat_hparams(cfg: dict, prefix="") -> dict:
@@ -241,59 +312,66 @@ def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=Non
                dynamic_ncols=True)
     last_ckpt = resumed_from
     last_eval: dict = {}
-    window_start, window_steps = time.perf_counter(), 0
+    window = LogWindow()
+    guard = NonFiniteGuard(accelerator, optimizer)
+    one_process = accelerator.num_processes == 1
+    window_start = time.perf_counter()
     model.train()
     signals = StopSignals()
     stopping = None
     try:
         while step < max_steps and stopping is None:
-            logs: dict[str, float] = {}
             for micro in range(accum):
                 batch = _to_device(next(stream), accelerator.device)
                 sync = micro == accum - 1
                 with accelerator.no_sync(model) if not sync and accelerator.num_processes > 1 else nullcontext():
                     with accelerator.autocast():
                         out = model(batch, progress=step / max_steps)
-                    loss = out["loss"]
-                    # One reduction carries both flags, so a stop request costs no extra sync; every
-                    # rank sees the same flags and finishes the same step.
-                    flags = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0,
-                                          float(signals.received is not None and micro == 0)], device=loss.device)
-                    bad, stop = dist.all_reduce_sum(flags).tolist()
-                    if bad > 0:
-                        raise TrainingDiverged(
-                            f"loss became {_scalar(loss)} at step {step + 1}; stopped. "
-                            f"Last good checkpoint: {last_ckpt or 'none'}")
-                    if stop > 0:
-                        stopping = signals.received or signal.SIGTERM
-                    accelerator.backward(loss / accum)
-                for k, v in out.items():
-                    logs[k] = logs.get(k, 0.0) + _scalar(v) / accum
-            if cfg["grad_clip"] > 0:
-                logs["grad_norm"] = _scalar(accelerator.clip_grad_norm_(model.parameters(), cfg["grad_clip"]))
+                    accelerator.backward(out["loss"] / accum)
+                guard.see_loss(out["loss"])
+                window.add(out, 1 / accum)
+            grad_norm = (accelerator.clip_grad_norm_(model.parameters(), cfg["grad_clip"]) if cfg["grad_clip"] > 0
+                         else torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]))
+            window.add({"grad_norm": grad_norm})
+            guard.before_update(grad_norm, step + 1)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             step += 1
-            window_steps += 1
+            window.steps += 1
             after = getattr(unwrapped, "after_step", None)
             if after is not None:
                 after(step / max_steps)
             bar.update(1)
-            bar.set_postfix(loss=f"{logs['loss']:.4f}")
-            if step % cfg["log_every"] == 0 or step == max_steps or stopping:
+            logging = step % cfg["log_every"] == 0 or step == max_steps
+            saving = bool(cfg["save_every"]) and (step % cfg["save_every"] == 0 or step == max_steps)
+            evaluating = evaluate is not None and ((cfg["eval_every"] and step % cfg["eval_every"] == 0)
+                                                   or step == max_steps)
+            # The host reads the device only here: at log, checkpoint and eval boundaries, or (in one
+            # process) when a signal came. Several processes agree on a stop at these boundaries.
+            if not (logging or saving or evaluating or (one_process and signals.received is not None)):
+                continue
+            stop = dist.all_reduce_sum(torch.tensor(float(signals.received is not None), device=accelerator.device))
+            logs, *first, stop = window.read(*guard.first, stop)
+            if (bad := guard.describe(first)) is not None:
+                raise TrainingDiverged(f"{bad} at step {guard.first_bad_step}; stopped. "
+                                       f"Last good checkpoint: {last_ckpt or 'none'}")
+            if stop:
+                stopping = signals.received or signal.SIGTERM
+            if logging or stopping:
                 elapsed = time.perf_counter() - window_start
                 record = {"step": step, **logs, "lr": scheduler.get_last_lr()[0],
-                          "samples_per_s": window_steps * global_batch / max(elapsed, 1e-9), "epoch": loader.epoch}
+                          "samples_per_s": window.steps * global_batch / max(elapsed, 1e-9), "epoch": loader.epoch}
                 metrics.write(record)
                 accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
-                window_start, window_steps = time.perf_counter(), 0
-            saving = cfg["save_every"] and (step % cfg["save_every"] == 0 or step == max_steps)
+                bar.set_postfix(loss=f"{logs['loss']:.4f}")
+                window.reset()
+                window_start = time.perf_counter()
             if saving or stopping:
                 last_ckpt = checkpoint.save(accelerator, ckpt_root, step, scheduler, loader, cfg["keep_checkpoints"])
             if stopping:
                 break
-            if evaluate is not None and ((cfg["eval_every"] and step % cfg["eval_every"] == 0) or step == max_steps):
+            if evaluating:
                 last_eval = _run_eval(accelerator, model, unwrapped, evaluate, step, metrics)
     finally:
         bar.close()

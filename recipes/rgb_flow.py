@@ -43,5 +43,9 @@ def train_field(cfg):
                      pairs=cfg["flow"]["pairs"], unit_px=cfg["flow"]["unit_px"])
 
 
+def main(argv=None) -> int:
+    return run_video_recipe(argv, DEFAULTS, objective, train_field=train_field)
+
+
 if __name__ == "__main__":
-    run_main(lambda argv: run_video_recipe(argv, DEFAULTS, objective, train_field=train_field))
+    run_main(main)

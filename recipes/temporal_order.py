@@ -37,5 +37,9 @@ def objective(cfg):
     return TASKS[cfg["temporal_order"]["task"]](build_encoder(cfg["backbone"]), **keys)
 
 
+def main(argv=None) -> int:
+    return run_video_recipe(argv, DEFAULTS, objective)
+
+
 if __name__ == "__main__":
-    run_main(lambda argv: run_video_recipe(argv, DEFAULTS, objective))
+    run_main(main)

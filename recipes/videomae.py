@@ -106,5 +106,9 @@ def save_reconstructions(model, step, cfg, video: torch.Tensor) -> dict:
     return {"reconstructions": str(out)}
 
 
+def main(argv=None) -> int:
+    return run_video_recipe(argv, DEFAULTS, objective, held_out)
+
+
 if __name__ == "__main__":
-    run_main(lambda argv: run_video_recipe(argv, DEFAULTS, objective, held_out))
+    run_main(main)

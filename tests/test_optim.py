@@ -80,3 +80,58 @@ def test_fit_applies_the_objective_lr_multipliers(fashion_shards, tmp_path):
     moved = {n: not torch.equal(before[n], p.detach()) for n, p in model.named_parameters()}
     assert not any(v for n, v in moved.items() if n.startswith("predictor."))
     assert all(v for n, v in moved.items() if n.startswith("projector.") and n.endswith("weight"))
+
+
+@pytest.mark.parametrize("name", ["adamw", "lars", "sgd"])
+def test_found_inf_skips_the_update_on_the_device_and_the_next_step_is_as_if_it_never_came(name):
+    """fit's guard against a non-finite loss or gradient: `found_inf` set, the NaN step changes
+    nothing (parameters, moments, step counts), and the run continues exactly as one that never saw it."""
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+        return model, build_optimizer(model, name, 0.1, 1e-2)
+
+    def step(model, opt, x, skip):
+        model.zero_grad()
+        model(x).pow(2).sum().backward()
+        opt.found_inf = torch.tensor(1.0 if skip else 0.0)
+        opt.step()
+
+    x = torch.randn(5, 4)
+    guarded, opt = make()
+    plain_model, plain_opt = make()
+    assert getattr(opt, "_step_supports_amp_scaling", False), "no device-side skip for " + name
+    step(guarded, opt, x, False)
+    step(plain_model, plain_opt, x, False)
+    before = {k: v.clone() for k, v in guarded.state_dict().items()}
+    state_before = [{k: v.clone() for k, v in s.items()} for s in opt.state.values()]
+    step(guarded, opt, torch.full_like(x, float("nan")), True)
+    for k, v in guarded.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    for s, ref in zip(opt.state.values(), state_before):
+        for k in ref:
+            torch.testing.assert_close(s[k], ref[k], rtol=0, atol=0)
+    step(guarded, opt, x * 2, False)
+    step(plain_model, plain_opt, x * 2, False)
+    for k, v in guarded.state_dict().items():
+        torch.testing.assert_close(v, plain_model.state_dict()[k], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["adamw", "lars", "sgd"])
+def test_a_skipped_first_step_leaves_no_trace(name):
+    """Fused SGD allocates its momentum buffers on the first step; a skipped one must not leave them unset."""
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    b.load_state_dict(a.state_dict())
+    opt_a, opt_b = build_optimizer(a, name, 0.1, 1e-2), build_optimizer(b, name, 0.1, 1e-2)
+    x = torch.randn(5, 4)
+    a(torch.full_like(x, float("nan"))).sum().backward()
+    opt_a.found_inf = torch.tensor(1.0)
+    opt_a.step()
+    for model, opt in ((a, opt_a), (b, opt_b)):
+        model.zero_grad()
+        model(x).pow(2).sum().backward()
+        opt.found_inf = torch.tensor(0.0)
+        opt.step()
+    for k, v in a.state_dict().items():
+        torch.testing.assert_close(v, b.state_dict()[k], rtol=0, atol=0)

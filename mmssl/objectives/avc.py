@@ -10,6 +10,8 @@ The contrastive variant is `objectives/avid.py`.
 """
 from __future__ import annotations
 
+import random
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,7 +46,7 @@ class L3(nn.Module):
         v, a = self.visual(batch["image"]), self.audio(batch["mel"])
         b = v.shape[0]
         # Another video's sound: a random non-zero shift of the batch (L3's negatives).
-        shift = int(torch.randint(1, b, ())) if b > 1 else 0
+        shift = random.randrange(1, b) if b > 1 else 0  # Python's generator: nothing read from the device
         negative = a.roll(shift, 0)
         if self.hard_negatives > 0 and "mel_other" in batch:
             hard = torch.rand(b, device=a.device) < self.hard_negatives

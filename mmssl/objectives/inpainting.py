@@ -17,6 +17,7 @@ Masks are drawn in the model with torch's RNG, like MAE's.
 """
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -36,14 +37,21 @@ def center_mask(b: int, s: int, device=None) -> torch.Tensor:
 
 
 def block_mask(b: int, s: int, area: float, device=None) -> torch.Tensor:
-    """[B, 1, S, S]: squares of side S / 4 at random places, added until `area` of the image is hidden."""
+    """[B, 1, S, S]: squares of side S / 4 at random places, added until `area` of the image is hidden.
+
+    Drawn on the device without a data-dependent loop: 4x as many squares as `area` needs without
+    overlap are placed, and each sample keeps the shortest prefix of them that hides `area` (all of
+    them in the rare case none does)."""
     side = max(1, s // 4)
-    mask = torch.zeros(b, 1, s, s, device=device)
-    for i in range(b):
-        while mask[i].mean() < area:
-            y, x = (int(v) for v in torch.randint(s - side + 1, (2,)))
-            mask[i, :, y:y + side, x:x + side] = 1
-    return mask
+    count = 4 * math.ceil(area * s * s / (side * side))
+    corner = torch.randint(s - side + 1, (b, count, 2, 1), device=device)  # (y, x) of each square
+    cells = torch.arange(s, device=device)
+    inside = (cells >= corner) & (cells < corner + side)  # [B, K, 2, S]: rows, then columns, covered
+    squares = inside[:, :, 0, :, None] & inside[:, :, 1, None, :]  # [B, K, S, S]
+    union = squares.cummax(dim=1).values  # union of the first k squares
+    enough = union.flatten(2).float().mean(-1) >= area  # [B, K]
+    k = torch.where(enough.any(1), enough.float().argmax(1), torch.full((b,), count - 1, device=device))
+    return union[torch.arange(b, device=device), k].float().unsqueeze(1)
 
 
 def region_mask(b: int, s: int, area: float, device=None) -> torch.Tensor:

@@ -8,11 +8,14 @@ chosen greedily for maximal Hamming distance (the paper's algorithm). With `tile
 paper's default) each tile is standardised on its own, zero mean and unit standard deviation over
 its pixels, so that brightness and contrast of a tile do not tell where it came from; the
 Fashion-MNIST demo turns it off (see the results table in docs/images.md). The crop offset is
-drawn once per tile position and batch rather than per image, to keep it one tensor operation.
+drawn once per tile position and batch rather than per image, to keep it one tensor operation;
+it comes from Python's generator (seeded and checkpointed like torch's), so no value is read
+back from the device.
 """
 from __future__ import annotations
 
 import itertools
+import random
 
 import numpy as np
 import torch
@@ -48,7 +51,7 @@ def cut_tiles(images: torch.Tensor, grid: int, crop: float, tile_size: int) -> t
     tiles = []
     for r in range(grid):
         for col in range(grid):
-            dy, dx = (int(torch.randint(ch - th + 1, ())), int(torch.randint(cw - tw + 1, ())))
+            dy, dx = random.randrange(ch - th + 1), random.randrange(cw - tw + 1)
             tiles.append(images[:, :, r * ch + dy: r * ch + dy + th, col * cw + dx: col * cw + dx + tw])
     tiles = torch.stack(tiles, dim=1).flatten(0, 1)
     if (th, tw) != (tile_size, tile_size):

@@ -33,7 +33,7 @@ from torch import nn
 
 from ..collapse import embedding_std
 from ..data.image import IMAGENET_MEAN, IMAGENET_STD
-from ..losses import videomae_targets
+from ..losses import hidden_first, videomae_targets
 from ..models.encoders import EncoderSpecError, check_config_keys
 from ..models.masking import tube_mask, tubelet_patchify
 
@@ -108,19 +108,26 @@ class VideoMAE(nn.Module):
         mask bool [B, L], visible tokens [B, L - M, D], the predict-zero loss). `mask` fixes the
         hidden positions (held-out measurements); otherwise one is drawn at `mask_ratio`."""
         m = self.model
+        b, t = video.shape[:2]
         if mask is None:
-            mask = self.mask(video, self.mask_ratio if mask_ratio is None else mask_ratio)
+            ratio = self.mask_ratio if mask_ratio is None else mask_ratio
+            mask = self.mask(video, ratio)
+            hidden = (t // self.tubelet) * int(ratio * (video.shape[-2] // self.patch) * (video.shape[-1] // self.patch))
+        else:
+            hidden = int(mask[0].sum())  # a given mask: a held-out measurement, not a training step
+        # transformers' VideoMAE indexes by the mask inside (a read of the mask the host cannot avoid).
         visible = m.videomae(video, bool_masked_pos=mask).last_hidden_state  # encoder on visible tokens only
         x = m.encoder_to_decoder(visible)
-        b, _, d = x.shape
+        d = x.shape[-1]
         pos = m.position_embeddings.to(x).expand(b, -1, -1)
+        order = hidden_first(mask)
+        pos = torch.gather(pos, 1, order[..., None].expand(-1, -1, d))  # hidden positions, then visible ones
         # Visible tokens first, then hidden ones: each carries its own position, so order is free.
-        seq = torch.cat([x + pos[~mask].reshape(b, -1, d), m.mask_token + pos[mask].reshape(b, -1, d)], dim=1)
-        hidden = int(mask[0].sum())
+        seq = torch.cat([x + pos[:, hidden:], m.mask_token + pos[:, :hidden]], dim=1)
         pred = m.decoder(seq, hidden if hidden else seq.shape[1]).logits
         pixels = video * self.std + self.mean
         target = videomae_targets(tubelet_patchify(pixels, self.tubelet, self.patch), mask, self.norm_pix,
-                                  self.norm_eps)
+                                  self.norm_eps, hidden=hidden)
         loss = (pred - target).pow(2).mean()
         return loss, pred, mask, visible, target.detach().pow(2).mean()
 
