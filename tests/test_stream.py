@@ -3,6 +3,7 @@ bad samples counted by reason, resampling and weighted mixing, and no unpickling
 from __future__ import annotations
 
 import io
+import os
 import json
 import pickle
 import tarfile
@@ -74,7 +75,11 @@ def test_resume_continues_with_the_same_batches(image_shards, num_workers, stop_
                             seed=7, shuffle_buffer=6)
 
     reference = make()
-    ref = [(b["key"], b["image"]) for _ in range(2) for b in reference]
+    epoch = len(reference)
+    assert stop_after < 2 * epoch
+    stream = reference.forever()
+    ref = [(b["key"], b["image"]) for b in (next(stream) for _ in range(2 * epoch))]
+    stream.close()
     interrupted = make()
     got = []
     stream = interrupted.forever()
@@ -92,6 +97,31 @@ def test_resume_continues_with_the_same_batches(image_shards, num_workers, stop_
     assert [k for k, _ in got] == [k for k, _ in ref]
     for (_, a), (_, b) in zip(got, ref):
         torch.testing.assert_close(a, b, rtol=0, atol=0)  # same augmentations too
+
+
+class WorkerPid:
+    """A field that reports which process decoded the sample."""
+
+    extensions = ("cls",)
+
+    def decode(self, sample: dict) -> dict:
+        return {"pid": torch.tensor(os.getpid())}
+
+
+def test_forever_keeps_its_workers_across_epochs_and_covers_each_epoch_exactly(image_shards):
+    loader = build_loader(image_shards, [LabelField(), WorkerPid()], 3, num_workers=2, seed=2, shuffle_buffer=4)
+    per_epoch = len(loader)
+    one_epoch = set(k for b in loader for k in b["key"])  # the loader is now at epoch 1
+    stream = loader.forever()
+    batches = [next(stream) for _ in range(3 * per_epoch)]
+    stream.close()
+    pids = {int(p) for b in batches for p in b["pid"]}
+    assert len(pids) == 2 and os.getpid() not in pids  # the same two worker processes for 3 epochs
+    # No sample twice in an epoch (workers may run up to one epoch apart, so three epochs' batches
+    # hold each sample at most three times), and the counts go on across epochs.
+    keys = Counter(k for b in batches for k in b["key"])
+    assert set(keys) <= set(train_keys(image_shards)) and max(keys.values()) <= 3 and len(one_epoch) == 3 * per_epoch
+    assert loader.epoch == 3 and loader.stats["samples"] == 4 * per_epoch * 3
 
 
 def test_resume_refuses_another_world_size(image_shards):

@@ -4,9 +4,14 @@ It is deliberately *not* passed through `accelerator.prepare`: that would either
 rank 0 and scatter it, or shard the stream a second time. Each rank builds its own loader with its
 own rank and world size, and the epoch plan gives every rank the same number of batches.
 
-Worker order. PyTorch hands out a worker's batches round-robin, starting from worker 0. After a
-resume at batch k, DataLoader worker i therefore plays logical worker (i + k) mod W, so the batch
-order continues exactly where the interrupted run left it.
+Training reads `forever()`: one DataLoader whose workers live for the whole run, each going on to
+its next epoch as soon as it finishes one, so no epoch boundary waits for workers to be killed,
+respawned and refilled. Each logical worker therefore has its own epoch and position.
+
+Worker order. PyTorch hands out a worker's items round-robin, starting from worker 0, and every
+logical worker emits its batches then one end-of-epoch marker. The loader remembers which logical
+worker's item comes next; a resumed loader makes DataLoader worker i play logical worker
+(i + next) mod W, so the batch order continues exactly where the interrupted run left it.
 """
 from __future__ import annotations
 
@@ -27,44 +32,53 @@ def _worker_init(_):
 
 
 class ShardLoader:
-    """Iterate it for one epoch of batches; `state_dict()` is the stream position to checkpoint."""
+    """Iterate it for one epoch of batches (evaluation), or read `forever()` (training);
+    `state_dict()` is the exact stream position to checkpoint."""
 
     def __init__(self, stream: ShardStream, num_workers: int = 0, prefetch_factor: int = 2, pin_memory: bool = False):
         self.stream = stream
         self.num_workers = num_workers
         self.prefetch_factor = prefetch_factor
         self.pin_memory = pin_memory
-        self.epoch = 0
-        self._items = 0  # batches and end-of-worker markers received this epoch
-        self._workers: dict[int, WorkerStart] = {}
-        self._stats_before = Counter()  # from finished epochs
+        self._workers = {w: WorkerStart() for w in range(stream.logical_workers)}  # where each logical worker is
+        self._next = 0  # the logical worker whose item comes next
+        self._stats_before = Counter()  # from epochs the workers finished
+
+    @property
+    def epoch(self) -> int:
+        """The oldest epoch a worker is still in (the one a run is counted in)."""
+        return min(w.epoch for w in self._workers.values())
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
         return self.stream.batches_per_epoch(self.epoch)
 
     def __iter__(self) -> Iterator[dict]:
-        self.stream.epoch = self.epoch
-        self.stream.rotation = self._items % self.stream.logical_workers
+        """The batches of one epoch: each worker reads on to the end of its current epoch."""
+        return self._read(continuous=False)
+
+    def forever(self) -> Iterator[dict]:
+        """Batches across epochs, without end (training is counted in steps), from workers that
+        live as long as the iterator."""
+        return self._read(continuous=True)
+
+    def _read(self, continuous: bool) -> Iterator[dict]:
         self.stream.starts = dict(self._workers)
+        self.stream.rotation = self._next
+        self.stream.continuous = continuous
         kwargs = {}
         if self.num_workers > 0:
             kwargs = dict(prefetch_factor=self.prefetch_factor, worker_init_fn=_worker_init)
         loader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory, **kwargs)
         for batch, meta in loader:
-            self._items += 1
-            self._workers[meta.worker] = WorkerStart(meta.emitted, meta.batches, meta.stats)
-            if batch is not None:
+            self._next = (meta.worker + 1) % self.stream.logical_workers
+            if meta.done:  # this worker's epoch is over: its counts join the finished ones
+                self._stats_before.update(meta.stats)
+                self._workers[meta.worker] = WorkerStart(meta.epoch + 1)
+                continue
+            self._workers[meta.worker] = WorkerStart(meta.epoch, meta.emitted, meta.batches, meta.stats)
+            if batch is not None:  # not an empty slot
                 yield batch
-        self._stats_before += self._epoch_stats()
-        self.epoch += 1
-        self._items = 0
-        self._workers = {}
-
-    def forever(self) -> Iterator[dict]:
-        """Batches across epochs, without end (training is counted in steps)."""
-        while True:
-            yield from self
 
     def _epoch_stats(self) -> Counter:
         total = Counter()
@@ -80,7 +94,7 @@ class ShardLoader:
     def state_dict(self) -> dict:
         return {
             "epoch": self.epoch,
-            "items": self._items,
+            "next_worker": self._next,
             "workers": {w: vars(s) for w, s in self._workers.items()},
             "stats_before": dict(self._stats_before),
             "logical_workers": self.stream.logical_workers,
@@ -93,9 +107,13 @@ class ShardLoader:
             mine = getattr(self.stream, key)
             if state[key] != mine:
                 raise ValueError(f"cannot resume the data stream: saved with {key}={state[key]}, now {mine}")
-        self.epoch = int(state["epoch"])
-        self._items = int(state["items"])
-        self._workers = {int(w): WorkerStart(**s) for w, s in state["workers"].items()}
+        epoch = int(state["epoch"])
+        # Checkpoints written before workers kept their own epoch hold one epoch for all of them
+        # and the count of items read in it.
+        self._workers = {w: WorkerStart(epoch) for w in range(self.stream.logical_workers)}
+        for w, s in state["workers"].items():
+            self._workers[int(w)] = WorkerStart(**{"epoch": epoch, **s})
+        self._next = int(state.get("next_worker", state.get("items", 0))) % self.stream.logical_workers
         self._stats_before = Counter(state["stats_before"])
 
 
@@ -115,8 +133,12 @@ class ZippedLoaders:
 
     def forever(self) -> Iterator[dict]:
         streams = {name: loader.forever() for name, loader in self.loaders.items()}
-        while True:
-            yield {name: next(stream) for name, stream in streams.items()}
+        try:
+            while True:
+                yield {name: next(stream) for name, stream in streams.items()}
+        finally:
+            for stream in streams.values():
+                stream.close()
 
     @property
     def epoch(self) -> int:

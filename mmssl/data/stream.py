@@ -27,8 +27,9 @@ from .shards import DataSpecError, Segment, Source, WorkerPlan, epoch_seed, plan
 
 @dataclass
 class WorkerStart:
-    """Where a logical worker resumes inside an epoch."""
+    """Where a logical worker resumes: its epoch and its position inside it."""
 
+    epoch: int = 0
     emitted: int = 0
     batches: int = 0
     stats: dict = field(default_factory=dict)
@@ -36,7 +37,7 @@ class WorkerStart:
 
 @dataclass
 class BatchMeta:
-    """Sent with every batch (or alone, with batch=None, when a worker finishes its epoch)."""
+    """Sent with every batch, or alone (batch=None) in an empty slot or when a worker finishes its epoch."""
 
     epoch: int
     worker: int
@@ -95,10 +96,12 @@ class ShardStream(IterableDataset):
         for f in fields:
             exts.update(f.extensions)
         self.extensions = exts
-        # Set by the loader before each epoch's iterator is made (workers get a fresh copy).
-        self.epoch = 0
-        self.rotation = 0
+        # Set by the loader before its DataLoader is made (workers get a fresh copy): where each
+        # logical worker starts, which one DataLoader worker 0 plays, and whether a worker goes on
+        # to its next epoch when one ends (`continuous`, training) or stops (one epoch, evaluation).
         self.starts: dict[int, WorkerStart] = {}
+        self.rotation = 0
+        self.continuous = False
 
     # ---- planning -------------------------------------------------------------------------
     def plans(self, epoch: int) -> list[WorkerPlan]:
@@ -215,10 +218,16 @@ class ShardStream(IterableDataset):
         if n_dl != self.logical_workers:
             raise RuntimeError(f"stream planned for {self.logical_workers} workers but runs with {n_dl}")
         worker = (dl_worker + self.rotation) % self.logical_workers
-        yield from self.iter_worker(self.epoch, worker, self.starts.get(worker, WorkerStart()))
+        start = self.starts.get(worker, WorkerStart())
+        while True:
+            yield from self.iter_worker(start.epoch, worker, start)
+            if not self.continuous:
+                return
+            start = WorkerStart(start.epoch + 1)
 
     def iter_worker(self, epoch: int, worker: int, start: WorkerStart) -> Iterator[tuple[dict | None, BatchMeta]]:
-        plan = self.plans(epoch)[worker]
+        plans = self.plans(epoch)
+        plan, slots = plans[worker], max(p.batches for p in plans)
         stats = Counter(start.stats)
         rng = random.Random(epoch_seed(self.seed, epoch, self.rank, worker))
 
@@ -262,6 +271,12 @@ class ShardStream(IterableDataset):
         # shard did not hold (a truncated tar) are counted as unread.
         if items:
             stats["dropped_tail"] += len(items)
+        # Every worker fills the epoch's `slots` with empty items after its batches, so round-robin
+        # reading keeps all of them in the same epoch (a worker with fewer batches would otherwise
+        # run ahead, and its samples come round more often).
+        while batches < slots:
+            batches += 1
+            yield None, BatchMeta(epoch, worker, emitted, batches, dict(stats))
         if not self.resampled and plan.samples > emitted:
             stats["dropped_tail" if finished_early else "unread_samples"] += plan.samples - emitted
         yield None, BatchMeta(epoch, worker, emitted, batches, dict(stats), done=True)
