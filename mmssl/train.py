@@ -55,6 +55,12 @@ TRAIN_DEFAULTS = {
     "eval_every": Key(0, "steps between evaluations (0: only at the end)", min=0),
     "tensorboard": Key(True, "also log to tensorboard under output_dir"),
     "num_workers": Key(2, "data-loader worker processes per process", min=0),
+    "mixed_precision": Key("auto", "autocast: auto (what `accelerate launch` or its config says), no, bf16, or fp16 "
+                           "(GPU only, with loss scaling)", choices=("auto", "no", "bf16", "fp16")),
+    "compile": Key(False, "torch.compile the objective before training (inductor: slow to start, worth measuring "
+                          "on long GPU runs)"),
+    "channels_last": Key(False, "convolution weights and 4-D image batches in channels-last memory format "
+                                "(faster convolutions on recent GPUs)"),
     "data": {
         "train": Key("shards/default_images", "training shards: a make_shards folder, a folder of tars, a pattern"),
         "val": Key("", "evaluation shards ('' skips evaluation); where it was data.train's folder, setting only "
@@ -123,9 +129,12 @@ def start(cfg: dict):
     from .lock import FolderLock, FolderLocked
 
     check_run_dir(cfg)
+    if cfg["mixed_precision"] == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("mixed_precision=fp16 needs a GPU; on the CPU use bf16 or no")
     run_dir = Path(cfg["output_dir"])
     trackers = "tensorboard" if cfg["tensorboard"] else None
-    accelerator = Accelerator(log_with=trackers, project_dir=str(run_dir))
+    precision = {} if cfg["mixed_precision"] == "auto" else {"mixed_precision": cfg["mixed_precision"]}
+    accelerator = Accelerator(log_with=trackers, project_dir=str(run_dir), **precision)
     set_seed(cfg["seed"])
     if accelerator.is_main_process:
         try:
@@ -144,16 +153,22 @@ def start(cfg: dict):
     return accelerator
 
 
-def _to_device(batch: dict, device) -> dict:
+def _to_device(batch: dict, device, channels_last: bool = False) -> dict:
     """Move tensors (and lists of tensors, e.g. multi-crop views, and the batches of named streams,
-    mmssl.data.ZippedLoaders) to `device`; keep keys and texts."""
+    mmssl.data.ZippedLoaders) to `device`; keep keys and texts. With `channels_last`, 4-D floating
+    tensors (image batches) arrive in channels-last memory format."""
+    def one(x):
+        if channels_last and x.ndim == 4 and x.is_floating_point():
+            return x.to(device, non_blocking=True, memory_format=torch.channels_last)
+        return x.to(device, non_blocking=True)
+
     def move(v):
         if isinstance(v, torch.Tensor):
-            return v.to(device, non_blocking=True)
+            return one(v)
         if isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
-            return [x.to(device, non_blocking=True) for x in v]
+            return [one(x) for x in v]
         if isinstance(v, dict):
-            return _to_device(v, device)
+            return _to_device(v, device, channels_last)
         return v
 
     return {k: move(v) for k, v in batch.items()}
@@ -286,6 +301,10 @@ def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=Non
     run_dir = Path(cfg["output_dir"])
     ckpt_root = run_dir / "checkpoints"
     max_steps, accum = cfg["max_steps"], cfg["grad_accum"]
+    if cfg["channels_last"]:
+        objective.to(memory_format=torch.channels_last)
+    if cfg["compile"]:
+        objective.compile()  # in place: parameter names, checkpoints and saved encoders are unchanged
     optimizer = build_optimizer(objective, cfg["optimizer"], cfg["lr"], cfg["weight_decay"], cfg["betas"],
                                 lr_multipliers=getattr(objective, "lr_multipliers", None),
                                 fixed_lr=getattr(objective, "fixed_lr", ()))
@@ -322,7 +341,7 @@ def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=Non
     try:
         while step < max_steps and stopping is None:
             for micro in range(accum):
-                batch = _to_device(next(stream), accelerator.device)
+                batch = _to_device(next(stream), accelerator.device, cfg["channels_last"])
                 sync = micro == accum - 1
                 with accelerator.no_sync(model) if not sync and accelerator.num_processes > 1 else nullcontext():
                     with accelerator.autocast():
@@ -374,6 +393,7 @@ def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=Non
             if evaluating:
                 last_eval = _run_eval(accelerator, model, unwrapped, evaluate, step, metrics)
     finally:
+        stream.close()  # the data workers end with the loop
         bar.close()
         signals.restore()
     data_stats = {f"data/{k}": v for k, v in loader.stats.items()}

@@ -63,6 +63,8 @@ def test_fixed_lr_groups_keep_their_rate_while_the_others_warm_up_and_decay(name
 def test_sgd_uses_momentum_and_unknown_names_are_refused():
     opt = build_optimizer(torch.nn.Linear(3, 2), "sgd", 0.1, 1e-4)
     assert all(g["momentum"] == 0.9 for g in opt.param_groups)
+    # PyTorch has fused AdamW and SGD kernels for the CPU too: one launch per step, found_inf inside.
+    assert opt.defaults["fused"] and build_optimizer(torch.nn.Linear(3, 2), "adamw", 0.1, 1e-4).defaults["fused"]
     with pytest.raises(ValueError, match="'adamw', 'lars' or 'sgd', got 'adam'"):
         build_optimizer(torch.nn.Linear(3, 2), "adam", 0.1, 0.0)
     with pytest.raises(ValueError, match="'predictr', which is no submodule"):
