@@ -7,8 +7,12 @@
    bytes held in memory, both in one process: the cost of our streaming machinery (target >= 0.9);
 2. image pipeline with 2 workers vs torchvision ImageFolder + DataLoader with 2 workers over the
    same image files (target >= 1.0);
-3. video pipeline vs a bare decord loop over the same mp4 bytes, one process (target >= 0.9);
-4. tools/make_shards.py (one worker) vs a bare tarfile write loop over the same files: the cost of
+3. image pipeline with 2 workers vs the plain `webdataset` pipeline a user would write over the
+   same shards (`wds.WebDataset(urls).shuffle(...).decode("pil")` + the same augmentation, batched,
+   in a `WebLoader` with 2 workers; target >= 1.0);
+4. video pipeline vs a bare decord loop over the same mp4 bytes, one process (target >= 0.9), and
+   vs the plain `webdataset` pipeline with decord in a `map` (target >= 1.0);
+5. tools/make_shards.py (one worker) vs a bare tarfile write loop over the same files: the cost of
    validating every image and writing journal, hashes and manifest.
 """
 from __future__ import annotations
@@ -94,33 +98,56 @@ def bench_images(shards: Path, size: int, batch: int, repeats: int) -> list[tupl
             return sum(len(x) for x, _ in loader)
 
         ours2, if_rate = paired(ours(2), imagefolder, repeats)
+
+    def webdataset_pipeline():
+        import webdataset as wds
+
+        ds = (wds.WebDataset(train_urls(shards), shardshuffle=False, empty_check=False).shuffle(256).decode("pil")
+              .to_tuple("png;jpg;jpeg;webp").map_tuple(transform).batched(batch, partial=False))
+        return sum(len(x[0]) for x in wds.WebLoader(ds, batch_size=None, num_workers=2))
+
+    ours2w, wds_rate = paired(ours(2), webdataset_pipeline, repeats)
     return [
         ("image pipeline, 1 process", ours0, bare_rate, "bare decode+augment loop over in-memory bytes"),
         ("image pipeline, 2 workers", ours2, if_rate, "torchvision ImageFolder + DataLoader, 2 workers"),
+        ("image pipeline, 2 workers", ours2w, wds_rate, "plain webdataset pipeline, WebLoader, 2 workers"),
     ]
 
 
-def bench_video(shards: Path, repeats: int) -> tuple[str, float, float, str]:
+def train_urls(shards: Path) -> list[str]:
+    return [str(p) for p in sorted(shards.glob("train-*.tar"))]
+
+
+def bench_video(shards: Path, repeats: int) -> list[tuple[str, float, float, str]]:
     from mmssl.data.video import clip_indices, open_video, resize_crop
 
     field = VideoField(num_frames=8, stride=2, size=112, train=True)
     data = members(shards, ("mp4",))
 
+    def clip(b: bytes) -> torch.Tensor:
+        vr = open_video(b)
+        frames = torch.from_numpy(vr.get_batch(clip_indices(len(vr), 8, 2, True)).asnumpy())
+        x = resize_crop(frames.permute(0, 3, 1, 2).float().div_(255), 112, True)
+        return (x - field.mean) / field.std
+
     def bare():
-        n = 0
         for _, b in data:
-            vr = open_video(b)
-            frames = torch.from_numpy(vr.get_batch(clip_indices(len(vr), 8, 2, True)).asnumpy())
-            x = resize_crop(frames.permute(0, 3, 1, 2).float().div_(255), 112, True)
-            (x - field.mean) / field.std
-            n += 1
-        return n
+            clip(b)
+        return len(data)
 
     def ours():
         loader = build_loader(shards, [field], 4, num_workers=0, drop_last=False)
         return sum(len(b["key"]) for b in loader)
 
-    return ("video pipeline, 1 process", *paired(ours, bare, repeats), "bare decord loop over the same mp4 bytes")
+    def webdataset_pipeline():
+        import webdataset as wds
+
+        ds = wds.WebDataset(train_urls(shards), shardshuffle=False, empty_check=False).map(lambda s: clip(s["mp4"]))
+        return sum(len(b) for b in ds.batched(4, partial=True))
+
+    return [("video pipeline, 1 process", *paired(ours, bare, repeats), "bare decord loop over the same mp4 bytes"),
+            ("video pipeline, 1 process", *paired(ours, webdataset_pipeline, repeats),
+             "plain webdataset pipeline, decord in a map")]
 
 
 def bench_make_shards(shards: Path) -> tuple[str, float, float, str]:
@@ -159,7 +186,7 @@ def main() -> int:
     torch.set_num_threads(1)
     print(f"cores: {os.cpu_count()}, torch threads: 1, image size {args.size}, batch {args.batch}")
     rows = bench_images(args.images, args.size, args.batch, args.repeats)
-    rows.append(bench_video(args.videos, args.repeats))
+    rows += bench_video(args.videos, args.repeats)
     rows.append(bench_make_shards(args.images))
     print(f"{'measurement':30s} {'ours/s':>9s} {'baseline/s':>11s} {'ratio':>6s}  baseline")
     for name, ours, base, what in rows:
