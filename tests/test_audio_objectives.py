@@ -325,7 +325,7 @@ def test_sound_localisation_points_at_the_picture_that_sounds(av_shards, tmp_pat
     """Trained on single stamp clips, AVOL's heat map for one stamp's sound peaks inside that stamp
     on 2x2 grids of stamps, pictures it never saw composed, more often than the 1/4 a random point
     would; the overlay pictures are written. (The stamps are the training ones: at this size, 28
-    stamps and 300 steps, held-out stamps stay near chance; the held-out figure is the audio
+    stamps and 600 steps, held-out stamps stay near chance; the held-out figure is the audio
     table's, on the full set.)"""
     from mmssl.eval.av_tasks import pointing
 
@@ -338,17 +338,19 @@ def test_sound_localisation_points_at_the_picture_that_sounds(av_shards, tmp_pat
 
     def point():
         model.eval()
-        out = pointing(model.heatmap, str(av_shards), "train", 64, eval_audio, repeats=1, overlays=tmp_path / "loc.png")
+        out = pointing(model.heatmap, str(av_shards), "train", 64, eval_audio, repeats=4, overlays=tmp_path / "loc.png")
         model.train()
         return out
 
     before = point()
-    logs = train_steps(model, list(itertools.islice(itertools.cycle(loader), 300)), 300, 1e-3)
+    logs = train_steps(model, list(itertools.islice(itertools.cycle(loader), 600)), 600, 1e-3)
     after = point()
     print(f"avol: loss {mean(logs, 'loss', logs[:5]):.3f} -> {mean(logs, 'loss', logs[-5:]):.3f}; pointing "
           f"{before['pointing_acc']:.3f} random init -> {after['pointing_acc']:.3f} (chance 0.25, "
           f"{after['pointing_trials']} trials)")
-    # measured 0.250 -> 0.442 to 0.500 over runs (52 trials). The same seed gives a slightly other first
-    # loss from run to run (3.035 to 3.040): something in this path is not deterministic, not yet found.
-    assert after["pointing_acc"] > 0.38 and after["pointing_acc"] > before["pointing_acc"] + 0.12
+    # 208 trials, so chance (1/4) is 0.03 wide (one standard deviation). Over fixture builds (their
+    # sample order varies) the trained model pointed right 0.35 to 0.41 of the time after 600 steps
+    # (0.32 after 300, where 52 trials had read as 0.44 to 0.50).
+    assert after["pointing_trials"] >= 200
+    assert after["pointing_acc"] > 0.31 and after["pointing_acc"] > before["pointing_acc"] + 0.05
     assert (tmp_path / "loc.png").exists()
