@@ -13,7 +13,8 @@ def run_main(main, argv=None) -> None:
     from .config import ConfigError
     from .data.shards import DataSpecError
     from .models.encoders import EncoderSpecError
-    from .train import RunInterrupted, TrainingDiverged, last_line
+    from .train import last_line
+    from .watch import RunInterrupted, TrainingDiverged
 
     prog = Path(sys.argv[0]).name
     if prog == "__main__.py":  # python -m mmssl.eval

@@ -1,14 +1,14 @@
 """`fit`: the one training loop every recipe uses.
 
 Training is counted in steps (streams have no length). One step is `grad_accum` micro-batches,
-one optimizer update and one scheduler step. Mixed precision comes from the accelerate config
-(`accelerate config` or `--mixed_precision`), fp32 on CPU. The WebDataset loader is not prepared by
+one optimizer update and one scheduler step. Mixed precision comes from the `mixed_precision` key
+or else the accelerate config (`accelerate config` or `--mixed_precision`), fp32 on CPU. The WebDataset loader is not prepared by
 Accelerate (see mmssl.data.loader); the LR scheduler is stepped here once per step, not through
 Accelerate, which would step it once per process.
 
-The step never waits for the device: logged values are summed on it (`LogWindow`) and the
-non-finite guard skips a bad update inside the optimizer's kernel (`NonFiniteGuard`); the host
-reads the device once at each log, checkpoint and eval boundary.
+The step never waits for the device: logged values are summed on it (`mmssl.watch.LogWindow`) and
+the non-finite guard skips a bad update inside the optimizer's kernel (`watch.NonFiniteGuard`); the
+host reads the device once at each log, checkpoint and eval boundary.
 
 Three optional objective attributes: `after_step(progress)`, called after each optimizer update
 (momentum encoders); `lr_multipliers`, {submodule prefix: factor} for the optimizer's groups
@@ -17,10 +17,8 @@ whose learning rate the schedule leaves at its base value (SimSiam's predictor).
 """
 from __future__ import annotations
 
-import json
 import math
 import signal
-import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -31,7 +29,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from . import checkpoint, dist
 from .config import ConfigError, Key, to_yaml
 from .models.serialization import save_encoders
-from .optim import build_optimizer, group_schedules, skips_on_device, warmup_cosine
+from .optim import build_optimizer, group_schedules, warmup_cosine
+from .watch import LogWindow, MetricsLog, NonFiniteGuard, RunInterrupted, StopSignals, TrainingDiverged, plot_loss
 
 # Keys every recipe accepts (recipes add their own on top, with mmssl.config.set_defaults).
 TRAIN_DEFAULTS = {
@@ -78,18 +77,6 @@ def last_line(exn: BaseException) -> str:
     text = str(exn).strip().splitlines()[-1] if str(exn).strip() else type(exn).__name__
     prefix = f"{type(exn).__module__}.{type(exn).__name__}: "
     return text[len(prefix):] if text.startswith(prefix) else text
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or inf; the message names the step and the last good checkpoint."""
-
-
-class RunInterrupted(Exception):
-    """SIGTERM or SIGINT arrived: the step finished, a checkpoint was written; `code` is the exit status."""
-
-    def __init__(self, message: str, code: int):
-        super().__init__(message)
-        self.code = code
 
 
 # What a run writes in output_dir. `overwrite=true` removes these and nothing else.
@@ -174,77 +161,6 @@ def _to_device(batch: dict, device, channels_last: bool = False) -> dict:
     return {k: move(v) for k, v in batch.items()}
 
 
-class LogWindow:
-    """What an objective reports, summed over the steps since the last log line without leaving the
-    device, and read with one transfer at the boundary: means over the window's steps."""
-
-    def __init__(self):
-        self.sums: dict[str, torch.Tensor | float] = {}
-        self.steps = 0
-
-    def add(self, out: dict, weight: float = 1.0) -> None:
-        for k, v in out.items():
-            v = v.detach().float().mean() if isinstance(v, torch.Tensor) else float(v)
-            self.sums[k] = self.sums.get(k, 0.0) + v * weight
-
-    def read(self, *extra: torch.Tensor | float) -> list:
-        """-> [{key: window mean}, then `extra` as floats]: one host synchronisation for all of them."""
-        keys = list(self.sums)
-        values = [self.sums[k] for k in keys] + list(extra)
-        device = next((v.device for v in values if isinstance(v, torch.Tensor)), "cpu")
-        flat = torch.stack([torch.as_tensor(v, dtype=torch.float32, device=device).reshape(()) for v in values]).tolist()
-        steps = max(self.steps, 1)
-        return [{k: v / steps for k, v in zip(keys, flat)}, *flat[len(keys):]]
-
-    def reset(self) -> None:
-        self.sums, self.steps = {}, 0
-
-
-class NonFiniteGuard:
-    """No optimizer update is applied with a non-finite loss (on any rank) or gradient.
-
-    The check stays on the device: the flag goes to the optimizer as `found_inf`, which skips the
-    update in its kernel (mmssl.optim). `flags()` carries the first bad step and its loss to the
-    next boundary, where `fit` stops with one line naming that step. Under fp16 loss scaling the
-    scaler owns `found_inf` (an overflow there is routine); a non-finite loss still stops the run.
-    Optimisers without the protocol fall back to one host check per step.
-    """
-
-    def __init__(self, accelerator, optimizer):
-        self.inner = getattr(optimizer, "optimizer", optimizer)
-        self.scaled = getattr(accelerator, "scaler", None) is not None
-        self.on_device = skips_on_device(optimizer)
-        self.device = accelerator.device
-        self.loss_bad = torch.zeros((), device=self.device)
-        self.first = torch.zeros(3, device=self.device)  # (step, loss, gradient norm) of the first bad step
-        self.first_bad_step = 0
-
-    def see_loss(self, loss: torch.Tensor) -> None:
-        self.last_loss = loss.detach().float().mean()
-        self.loss_bad = self.loss_bad + (~torch.isfinite(self.last_loss)).float()
-
-    def before_update(self, grad_norm: torch.Tensor, step: int) -> None:
-        loss_bad = dist.all_reduce_sum(self.loss_bad)
-        bad = (loss_bad > 0) | ~torch.isfinite(grad_norm.float())
-        new = bad & (self.first[0] == 0)
-        now = torch.stack([torch.full((), float(step), device=self.device), self.last_loss, grad_norm.float()])
-        self.first = torch.where(new, now, self.first)
-        if not self.scaled:
-            if self.on_device:
-                self.inner.found_inf = bad.float()
-            elif bool(bad):
-                raise TrainingDiverged(f"loss or gradient became non-finite at step {step}")
-        self.loss_bad = torch.zeros((), device=self.device)
-
-    def describe(self, first: list[float]) -> str | None:
-        """'loss became nan' / 'gradient norm became inf', or None when every step was finite."""
-        step, loss, norm = first
-        if step == 0:
-            return None
-        self.first_bad_step = int(step)
-        return f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {norm}"
-
-
 def _flat_hparams(cfg: dict, prefix="") -> dict:
     out = {}
     for k, v in cfg.items():
@@ -253,34 +169,6 @@ def _flat_hparams(cfg: dict, prefix="") -> dict:
         else:
             out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
     return out
-
-
-def _json_or_none(line: str) -> dict | None:
-    """A metrics line, or None for a blank one or one a kill cut short."""
-    try:
-        rec = json.loads(line)
-    except ValueError:
-        return None
-    return rec if isinstance(rec, dict) else None
-
-
-class MetricsLog:
-    """`metrics.jsonl` (main process): one JSON object per event. On resume, lines past the
-    checkpoint's step (written before the crash) are dropped so the file reads as one run."""
-
-    def __init__(self, path: Path, active: bool, resume_step: int | None):
-        self.path, self.active = path, active
-        if active and resume_step is not None and path.exists():
-            keep = [ln for ln in path.read_text(errors="replace").splitlines()
-                    if (rec := _json_or_none(ln)) is not None and rec.get("step", 0) <= resume_step]
-            path.write_text("".join(ln + "\n" for ln in keep))
-        elif active and resume_step is None and path.exists():
-            path.unlink()
-
-    def write(self, record: dict) -> None:
-        if self.active:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
 
 
 def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=None, preprocessors=None) -> dict:
@@ -413,30 +301,6 @@ def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=Non
     return last_eval
 
 
-class StopSignals:
-    """SIGTERM (pre-emption) and SIGINT (Ctrl-C) only set a flag: the loop finishes its step, writes
-    a checkpoint and stops. A second signal of either kind stops at once, as before."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._old = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.received is not None:
-            self.restore()
-            signal.raise_signal(signum)
-            return
-        self.received = signum
-
-    def restore(self) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-        self._old = {}
-
-
 def _run_eval(accelerator, model, unwrapped, evaluate, step: int, metrics: MetricsLog) -> dict:
     """Evaluate on the main process. An evaluation that fails is logged as failed (metrics.jsonl and
     one line on screen) and training goes on: checkpoints and the final encoder are not lost to it."""
@@ -462,27 +326,3 @@ def _run_eval(accelerator, model, unwrapped, evaluate, step: int, metrics: Metri
                                                              if isinstance(v, float) and math.isfinite(v)))
     accelerator.wait_for_everyone()
     return result
-
-
-def plot_loss(metrics_path: Path, out: Path) -> None:
-    """Loss (and lr) against step from metrics.jsonl."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for ln in metrics_path.read_text(errors="replace").splitlines() if (r := _json_or_none(ln))]
-    train = [r for r in rows if "loss" in r and "event" not in r]
-    if not train:
-        return
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax2 = ax.twinx()
-    ax2.plot([r["step"] for r in train], [r["lr"] for r in train], color="tab:gray", alpha=0.5, label="lr")
-    ax2.set_ylabel("lr")
-    ax.set_title(f"{metrics_path.parent.name}: loss")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)

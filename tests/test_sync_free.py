@@ -47,7 +47,7 @@ class HostReads:
                 site = f"{path.relative_to(PACKAGE)}:{frame.f_lineno} in {frame.f_code.co_name}"
                 boundary = None
                 while frame is not None and boundary is None:
-                    if frame.f_code.co_name in BOUNDARY and Path(frame.f_code.co_filename).name in ("train.py", "checkpoint.py", "serialization.py"):
+                    if frame.f_code.co_name in BOUNDARY and Path(frame.f_code.co_filename).name in ("train.py", "watch.py", "checkpoint.py", "serialization.py"):
                         boundary = frame.f_code.co_name
                     frame = frame.f_back
                 sites[(site, boundary)] += 1
