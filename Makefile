@@ -5,14 +5,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mmssl-installed
 # Real data and media for the default corpus and the tests (see ../shared/ENVIRONMENT.md).
-APT_PACKAGES := tuxpaint-stamps-default opencv-doc dataset-fashion-mnist espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-en
+APT_PACKAGES := tuxpaint-stamps-default opencv-doc dataset-fashion-mnist espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-en \
+	fonts-noto-color-emoji unicode-data
 MINILM_VERSION := 0.1.0
 RUN := runs/demo
 LAUNCH := $(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
-.PHONY: demo test test-fast bench image-ssl-table video-table audio-table system-deps setup corpus
+.PHONY: demo test test-fast bench image-ssl-table video-table audio-table system-deps setup corpus emoji-set
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -34,6 +35,10 @@ setup: system-deps $(STAMP)
 
 corpus: setup
 	$(PY) tools/build_default_corpus.py --out shards
+
+# The labelled colour set (Noto colour emoji by Unicode group; see docs/data.md).
+emoji-set: setup
+	$(PY) tools/build_emoji_set.py --out shards/emoji
 
 # The main job: build the default corpus from real packaged data, stream it, train CLIP on it for a
 # few minutes on the CPU, evaluate on the held-out split and write $(RUN)/report.md.
