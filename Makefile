@@ -49,10 +49,9 @@ demo: corpus
 	$(PY) -m mmssl.eval $(RUN) --task retrieval --task zero-shot --data shards/default_images --split val
 	$(PY) tools/clip_report.py $(RUN) --data shards/default_images
 
-# Every test, the slow end-to-end ones included (CI runs this), on two pytest workers: many tests
-# wait on subprocesses or use one core, so two share the machine's cores better than one.
+# Every test, the slow end-to-end ones included (CI runs this).
 test: setup
-	$(PY) -m pytest -q -m "slow or not slow" -p no:cacheprovider -n 2 --dist loadgroup
+	$(PY) -m pytest -q -m "slow or not slow" -p no:cacheprovider
 
 # The fast subset, for the edit-test loop.
 test-fast: setup

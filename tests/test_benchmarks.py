@@ -16,7 +16,7 @@ from conftest import ROOT
 @pytest.mark.slow
 def test_gpu_throughput_runs_every_workload_end_to_end_on_tiny_models(caption_shards, motion_shards, tmp_path):
     out = tmp_path / "gpu.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_throughput.py"), "--small", "--steps", "2",
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_throughput.py"), "--small", "--steps", "1",
                            "--workers", "1", "--images", str(caption_shards), "--videos", str(motion_shards),
                            "--out", str(out)], capture_output=True, text=True, cwd=tmp_path,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})

@@ -12,7 +12,7 @@ from accelerate.state import AcceleratorState
 
 from mmssl.config import ConfigError, plain
 from mmssl.data import training_loader
-from mmssl.recipe_image import RESNET_32PX, VIEWS, build_objective, image_defaults
+from mmssl.recipe_image import VIEWS, build_objective, image_defaults
 from mmssl.train import fit, start
 
 
@@ -65,17 +65,18 @@ def test_bf16_autocast_runs_the_convolutions_in_bfloat16_and_follows_the_fp32_lo
     assert not torch.equal(losses, reference[0])  # it did run in another precision
 
 
-@pytest.mark.slow
-def test_compile_follows_the_eager_losses(fashion_shards, tmp_path):
-    # A one-stage ResNet: inductor's start-up time grows with the graph, and this checks the option.
-    small = {**RESNET_32PX, "config": {**RESNET_32PX["config"], "depths": [1], "hidden_sizes": [32]}}
-    reference = train(tmp_path, fashion_shards, "eager", backbone=small)
-    losses, _, objective = train(tmp_path, fashion_shards, "compiled", False, compile=True, backbone=small)
+def test_compile_follows_the_eager_losses_without_recompiling(reference, fashion_shards, tmp_path):
+    """Dynamo capture and AOT autograd around our objective, the parts our code can break (graph
+    breaks, a guard on a per-step value that would recompile every step); inductor's code
+    generation (`compile=inductor`, a minute of C++ compilation here) is PyTorch's to test."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        losses, _, objective = train(tmp_path, fashion_shards, "compiled", False, compile="aot_eager")
     assert objective._compiled_call_impl is not None
-    # The first loss (no update yet) agrees closely; inductor's fused kernels sum in another order,
-    # and three AdamW updates carry that on.
     torch.testing.assert_close(losses[0], reference[0][0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(losses, reference[0], rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(losses, reference[0], rtol=1e-3, atol=1e-3)
 
 
 def test_fp16_on_a_machine_without_a_gpu_is_refused_before_anything_is_written(tmp_path):

@@ -65,7 +65,7 @@ class HostReads:
 @pytest.mark.parametrize("name", image_objectives())
 def test_image_objective_steps_read_nothing_from_the_device(name, fashion_shards, tmp_path, monkeypatch):
     cfg = plain(image_defaults(name))
-    cfg.update({"output_dir": str(tmp_path / name), "max_steps": 4, "log_every": 100, "save_every": 0,
+    cfg.update({"output_dir": str(tmp_path / name), "max_steps": 3, "log_every": 100, "save_every": 0,
                 "batch_size": 8, "num_workers": 0, "tensorboard": False, "warmup_steps": 1})
     cfg["data"].update({"train": str(fashion_shards), "val": ""})
     torch.manual_seed(0)

@@ -124,7 +124,6 @@ run_main(main)
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("default_corpus")  # one pytest worker builds it, if it is missing
 @pytest.mark.parametrize("loss, fall", [("clip", 0.8), ("siglip", 0.9)])
 def test_clip_learns_on_real_captions(tmp_path, loss, fall):
     """The loss falls and held-out retrieval and zero-shot beat chance, on the real default corpus."""
