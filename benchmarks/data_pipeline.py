@@ -142,8 +142,8 @@ def bench_video(shards: Path, repeats: int) -> list[tuple[str, float, float, str
     def webdataset_pipeline():
         import webdataset as wds
 
-        ds = wds.WebDataset(train_urls(shards), shardshuffle=False, empty_check=False).map(lambda s: clip(s["mp4"]))
-        return sum(len(b) for b in ds.batched(4, partial=True))
+        ds = wds.WebDataset(train_urls(shards), shardshuffle=False, empty_check=False).map(lambda s: (clip(s["mp4"]),))
+        return sum(len(b[0]) for b in ds.batched(4, partial=True))  # b: (clips [B, T, C, H, W],)
 
     return [("video pipeline, 1 process", *paired(ours, bare, repeats), "bare decord loop over the same mp4 bytes"),
             ("video pipeline, 1 process", *paired(ours, webdataset_pipeline, repeats),
