@@ -5,7 +5,6 @@ import json
 import sys
 import tarfile
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
