@@ -13,7 +13,7 @@ LAUNCH := $(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mix
 export HF_HUB_OFFLINE := 1
 export HF_HUB_DISABLE_PROGRESS_BARS := 1
 
-.PHONY: demo test test-fast bench image-ssl-table video-table audio-table system-deps setup corpus emoji-set
+.PHONY: demo test test-all test-fast bench image-ssl-table video-table audio-table system-deps setup corpus emoji-set
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -49,9 +49,13 @@ demo: corpus
 	$(PY) -m mmssl.eval $(RUN) --task retrieval --task zero-shot --data shards/default_images --split val
 	$(PY) tools/clip_report.py $(RUN) --data shards/default_images
 
-# Every test, the slow end-to-end ones included (CI runs this).
+# Every test but the minute-long learning runs (CI runs this).
 test: setup
-	$(PY) -m pytest -q -m "slow or not slow" -p no:cacheprovider
+	$(PY) -m pytest -q -m "not learning" -p no:cacheprovider
+
+# Every test, the objectives learning on real data included (about 10 minutes more).
+test-all: setup
+	$(PY) -m pytest -q -m "slow or learning or not slow" -p no:cacheprovider
 
 # The fast subset, for the edit-test loop.
 test-fast: setup

@@ -56,8 +56,8 @@ TRAIN_DEFAULTS = {
     "num_workers": Key(2, "data-loader worker processes per process", min=0),
     "mixed_precision": Key("auto", "autocast: auto (what `accelerate launch` or its config says), no, bf16, or fp16 "
                            "(GPU only, with loss scaling)", choices=("auto", "no", "bf16", "fp16")),
-    "compile": Key("", "torch.compile the objective with this backend before training ('': not compiled; inductor, "
-                       "slow to start, is the one worth measuring on long GPU runs)", choices=("", "inductor", "aot_eager")),
+    "compile": Key("off", "torch.compile the objective with this backend before training (inductor, slow to start, "
+                          "is the one worth measuring on long GPU runs)", choices=("off", "inductor", "aot_eager")),
     "channels_last": Key(False, "convolution weights and 4-D image batches in channels-last memory format "
                                 "(faster convolutions on recent GPUs)"),
     "data": {
@@ -191,7 +191,7 @@ def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=Non
     max_steps, accum = cfg["max_steps"], cfg["grad_accum"]
     if cfg["channels_last"]:
         objective.to(memory_format=torch.channels_last)
-    if cfg["compile"]:
+    if cfg["compile"] != "off":
         objective.compile(backend=cfg["compile"])  # in place: parameter names, checkpoints and encoders unchanged
     optimizer = build_optimizer(objective, cfg["optimizer"], cfg["lr"], cfg["weight_decay"], cfg["betas"],
                                 lr_multipliers=getattr(objective, "lr_multipliers", None),

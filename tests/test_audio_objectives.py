@@ -223,6 +223,7 @@ def mean(logs, key, part):
     return sum(r[key] for r in part) / len(part)
 
 
+@pytest.mark.learning
 def test_cpc_learns_on_real_speech(speech_shards):
     """Trained on the train split's speech, CPC picks the true future among the held-out batch's
     steps far above chance, and above its own random initialisation."""
@@ -321,6 +322,7 @@ def test_max_location_infonce_matches_a_loop_over_frames_sounds_and_places():
     torch.testing.assert_close(half, torch.stack(terms[4:]).sum() / 4)
 
 
+@pytest.mark.learning
 def test_sound_localisation_points_at_the_picture_that_sounds(av_shards, tmp_path):
     """Trained on single stamp clips, AVOL's heat map for one stamp's sound peaks inside that stamp
     on 2x2 grids of stamps, pictures it never saw composed, more often than the 1/4 a random point

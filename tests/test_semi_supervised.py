@@ -30,6 +30,7 @@ def last_eval(run) -> dict:
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r.get("event") == "eval"][-1]
 
 
+@pytest.mark.learning
 def test_fixmatch_learns_beyond_the_labelled_images_alone(fashion_shards, tmp_path):
     """4 labels per class (40 of the 400 training images), all 400 as unlabelled images. The
     supervised-only model is Pseudo-Label with its unlabelled weight at 0: the same labelled

@@ -76,6 +76,10 @@ def test_image_objective_steps_read_nothing_from_the_device(name, fashion_shards
     fit(accelerator, cfg, objective, loader)
     monkeypatch.undo()
     reads.check(name)
+    # The run ended like any other: its trained backbone saved, and it loads back.
+    from mmssl.models.encoders import build_encoder
+
+    assert build_encoder({"name": str(tmp_path / name / "encoder")}).out_dim == objective.backbone.out_dim
 
 
 

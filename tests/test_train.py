@@ -123,7 +123,7 @@ run_main(main)
     assert load_file(str(ckpt / "step_0000004" / "model.safetensors"))["w"].isfinite().all()
 
 
-@pytest.mark.slow
+@pytest.mark.learning
 @pytest.mark.parametrize("loss, fall", [("clip", 0.8), ("siglip", 0.9)])
 def test_clip_learns_on_real_captions(tmp_path, loss, fall):
     """The loss falls and held-out retrieval and zero-shot beat chance, on the real default corpus."""

@@ -46,7 +46,7 @@ def train_videomae(model, batches, steps, lr):
         opt.step()
 
 
-@pytest.mark.slow
+@pytest.mark.learning
 def test_videomae_falls_below_predicting_zeros_on_held_out_clips(motion_shards_all_photos):
     """The normalised-pixel target's own floor is the loss of predicting zeros (its mean square; 0
     for flat tubelets). On held-out photos' clips with fixed tube masks, the trained model must end
@@ -96,6 +96,7 @@ def test_videomae_raw_pixel_loss_halves_on_real_clips(motion_shards):
     assert last < 0.5 * first
 
 
+@pytest.mark.learning
 @pytest.mark.parametrize("task,steps,floor", [("verify", 100, 0.7), ("sort", 150, 0.2)])
 def test_temporal_order_learns_on_real_clips(task, steps, floor, motion_shards):
     """Held-out photos' clips: verify accuracy clearly above its chance of 1/2, sort above 1/12."""
@@ -251,7 +252,7 @@ def test_flow_of_real_camera_motion_points_the_way_the_scene_moves(motion_shards
     assert len(seen) == 6
 
 
-@pytest.mark.slow
+@pytest.mark.learning
 def test_rgb_flow_frames_find_their_own_flow_on_held_out_clips(motion_shards):
     """After training, a held-out clip's frames pick its own flow among 32 held-out clips well above
     chance (1/32) and above the random initialisation."""
