@@ -89,8 +89,8 @@ class NonFiniteGuard:
     """No optimizer update is applied with a non-finite loss (on any rank) or gradient.
 
     The check stays on the device: the flag goes to the optimizer as `found_inf`, which skips the
-    update in its kernel (mmssl.optim). `flags()` carries the first bad step and its loss to the
-    next boundary, where `fit` stops with one line naming that step. Under fp16 loss scaling the
+    update in its kernel (mmssl.optim). `first` carries the first bad step, its loss and gradient
+    norm on the device to the next boundary, where `fit` stops with one line naming that step. Under fp16 loss scaling the
     scaler owns `found_inf` (an overflow there is routine); a non-finite loss still stops the run.
     Optimisers without the protocol fall back to one host check per step.
     """
@@ -129,7 +129,9 @@ class NonFiniteGuard:
         if step == 0:
             return None
         self.first_bad_step = int(step)
-        return f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {norm}"
+        if not math.isfinite(loss):
+            return f"loss became {loss}"
+        return f"gradient norm became {norm}" if not math.isfinite(norm) else "loss became non-finite on another rank"
 
 
 class StopSignals:
