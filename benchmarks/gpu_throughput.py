@@ -148,7 +148,7 @@ def plain_rate(work: dict, device: torch.device, steps: int) -> tuple[float, flo
 
 
 class MemoryLoader:
-    """What `fit` reads from a loader, serving one batch already on the device."""
+    """What `fit` reads from a loader, serving one batch from memory (no data cost); train_step.py uses it too."""
 
     epoch, stats = 0, {}
 
@@ -173,13 +173,13 @@ def fit_rate(work: dict, device: torch.device, steps: int, shards: Path | None, 
 
     torch.manual_seed(0)
     model = work["build"]()
-    stamps = {}
+    stamps, done = {}, [0]
 
-    def after_step(progress, count=[0]):  # noqa: B006 - the step counter of this one run
-        count[0] += 1
-        if count[0] in (WARMUP, WARMUP + steps):
+    def after_step(progress):
+        done[0] += 1
+        if done[0] in (WARMUP, WARMUP + steps):
             sync(device)
-            stamps[count[0]] = time.perf_counter()
+            stamps[done[0]] = time.perf_counter()
 
     model.after_step = after_step
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from gpu_throughput import MemoryLoader  # noqa: E402
 from mmssl.models.encoders import build_encoder  # noqa: E402
 from mmssl.objectives.clip import CLIP  # noqa: E402
 
@@ -44,23 +45,6 @@ def fixed_batch(n=32, size=64) -> dict:
     ids = torch.randint(1000, 20000, (n, 12), generator=g)
     return {"image": torch.randn(n, 3, size, size, generator=g), "input_ids": ids,
             "attention_mask": torch.ones_like(ids), "key": [str(i) for i in range(n)]}
-
-
-class MemoryLoader:
-    """The loader interface `fit` uses, serving one batch from memory: no data cost on either side."""
-
-    epoch = 0
-    stats: dict = {}
-
-    def __init__(self, batch):
-        self.batch = batch
-
-    def forever(self):
-        while True:
-            yield self.batch
-
-    def state_dict(self):
-        return {}
 
 
 def plain_loop(steps: int, batch: dict, fused: bool = False) -> list[float]:
