@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mmssl.data import ImageField, VideoField, build_loader, train_transform  # noqa: E402
-from mmssl.data.image import decode_image  # noqa: E402
+from mmssl.data.image import decode_for_transform, decode_image  # noqa: E402
 
 
 def members(shard_dir: Path, exts: tuple[str, ...]) -> list[tuple[str, bytes]]:
@@ -71,7 +71,7 @@ def bench_images(shards: Path, size: int, batch: int, repeats: int) -> list[tupl
     def bare():
         items = []
         for _, b in data:
-            items.append(transform(decode_image(b)))
+            items.append(transform(decode_for_transform(b)))  # the decoder ImageField uses
             if len(items) == batch:
                 torch.stack(items)
                 items = []

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Image decode + augment, per format: Pillow, Pillow's JPEG draft mode, and torchvision.io (libpng,
-libjpeg-turbo), as ratios against Pillow in the same run.
+"""Image decode + augment, per format: Pillow, Pillow's JPEG draft mode, torchvision.io (libpng,
+libjpeg-turbo) and mmssl's choice among them (mmssl.data.image.decode_for_transform, with the crop
+size as draft size), as ratios against Pillow in the same run.
 
     python benchmarks/decode.py [--images shards/default_images] [--sizes 64,224]
 
@@ -31,7 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from record import write_record  # noqa: E402
 
-from mmssl.data.image import IMAGENET_MEAN, IMAGENET_STD, decode_image, train_transform  # noqa: E402
+from mmssl.data.image import IMAGENET_MEAN, IMAGENET_STD, decode_for_transform, decode_image, train_transform  # noqa: E402
 
 
 def pngs(shard_dir: Path) -> list[bytes]:
@@ -71,6 +72,8 @@ def methods(size: int) -> dict:
         "pillow_draft": lambda d: pil_t(decode_image(d, draft_size=size)),
         "torchvision_io": lambda d: tensor_t(tv_decode(torch.frombuffer(bytearray(d), dtype=torch.uint8),
                                                        mode=ImageReadMode.RGB)),
+        # what ImageField does: torchvision.io, or Pillow's draft mode for JPEGs twice the size or more
+        "mmssl": lambda d: pil_t(decode_for_transform(d, draft_size=size)),
     }
 
 

@@ -75,9 +75,9 @@ def resnet_spec(widths: list[int]) -> dict:
                                        "embedding_size": widths[0] // 2}}
 
 
-def evaluate(backbone, size: int, stage: int | None = None) -> dict:
+def evaluate(backbone, size: int, stage: int | None = None, data: str = DATA) -> dict:
     torch.manual_seed(0)
-    return run_tasks(BackboneEval(backbone.eval(), stage), ["knn", "linear"], DATA, "test", size, batch_size=256, workers=2)
+    return run_tasks(BackboneEval(backbone.eval(), stage), ["knn", "linear"], data, "test", size, batch_size=256, workers=2)
 
 
 def probe_stages(out: Path, stages: list[int], methods: list[str], size: int, widths: list[int]) -> int:
@@ -118,13 +118,15 @@ def probe_stages(out: Path, stages: list[int], methods: list[str], size: int, wi
     return 0
 
 
-def train(method: str, steps: int, out: Path, recipe: str | None = None, overrides=()) -> dict:
-    """Run recipes/<recipe or method>.py with its demo config for `steps` steps into OUT/<method>;
-    -> the final kNN / linear figures (and the whole final eval record), the loss at the first and last
+def train(method: str, steps: int, out: Path, recipe: str | None = None, overrides=(), config: str | None = None) -> dict:
+    """Run recipes/<recipe or method>.py with its demo config (or recipes/configs/<config>.yaml) for
+    `steps` steps into OUT/<method>; -> the final kNN / linear figures (and the whole final eval
+    record), the loss (and the pretext accuracy, where the method logs one) at the first and last
     log, the minutes it took."""
     run = out / method
     script = recipe or "image_ssl"  # the image methods share one driver; their demo configs name them
-    cmd = [sys.executable, str(ROOT / "recipes" / f"{script}.py"), "--config", str(ROOT / "recipes/configs" / f"{recipe or method}_demo.yaml"),
+    config = config or f"{recipe or method}_demo"
+    cmd = [sys.executable, str(ROOT / "recipes" / f"{script}.py"), "--config", str(ROOT / "recipes/configs" / f"{config}.yaml"),
            f"output_dir={run}", f"max_steps={steps}", "tensorboard=false", "save_every=0", *overrides]
     started = time.time()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -134,6 +136,7 @@ def train(method: str, steps: int, out: Path, recipe: str | None = None, overrid
     return {"knn_top1": final_eval.get("knn_top1@20"), "linear_top1": final_eval.get("linear_top1"),
             "feature_rank": final_eval.get("feature_rank"), "eval": final_eval,
             "first_loss": train_logs[0]["loss"], "last_loss": train_logs[-1]["loss"],
+            "last_accuracy": train_logs[-1].get("accuracy"),
             "embed_std": train_logs[-1].get("embed_std"), "minutes": (time.time() - started) / 60, "steps": steps}
 
 
@@ -157,9 +160,9 @@ def plot(results: dict, path: Path, title: str = "Fashion-MNIST, frozen features
     fig.savefig(path, dpi=120)
 
 
-def probe(model, size: int) -> dict:
+def probe(model, size: int, data: str = DATA) -> dict:
     """kNN / linear top-1 and feature rank of a model that was not trained here (a baseline)."""
-    metrics = evaluate(model, size)
+    metrics = evaluate(model, size, data=data)
     return {"knn_top1": metrics["knn_top1@20"], "linear_top1": metrics["linear_top1"], "feature_rank": metrics["feature_rank"]}
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import tarfile
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import soundfile
 import torch
 from PIL import Image
 
+from conftest import ROOT
 from mmssl.data import AudioField, ImageField, MultiCrop, SkipSample, TextField, TwoViews, VideoField, ssl_augment
 from mmssl.data.video import clip_indices
 
@@ -131,3 +133,72 @@ def test_transparent_cutouts_are_composited_on_white():
     from mmssl.data.image import decode_image
 
     assert decode_image(buf.getvalue()).getpixel((3, 3)) == (255, 255, 255)
+
+
+def _encoded(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_fast_decode_gives_pillows_picture_and_leaves_the_hard_cases_to_pillow():
+    from mmssl.data.image import decode_for_transform, decode_image
+
+    photo = next((ROOT / "shards").glob("default_images/train-*.tar"), None)
+    rng = np.random.default_rng(0)
+    noise = Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8))
+    for img, fmt in ((noise, "PNG"), (noise.convert("L"), "PNG"), (noise, "JPEG"), (noise.convert("L"), "JPEG")):
+        data = _encoded(img, fmt)
+        fast = decode_for_transform(data)
+        assert isinstance(fast, torch.Tensor) and fast.dtype == torch.uint8 and fast.shape == (3, 40, 56), (fmt, img.mode)
+        slow = torch.from_numpy(np.array(decode_image(data))).permute(2, 0, 1).int()
+        # Both are libpng / libjpeg-turbo underneath; JPEG's inverse DCT may differ by a level or two.
+        assert (fast.int() - slow).abs().max() <= (0 if fmt == "PNG" else 2), (fmt, img.mode)
+    # What torchvision.io would get wrong goes to Pillow: transparency on white, 16-bit grey scaled,
+    # palettes, CMYK, other formats.
+    hard = [_encoded(Image.new("RGBA", (8, 8), (0, 0, 0, 0)), "PNG"),
+            _encoded(Image.fromarray(np.full((8, 8), 30000, np.uint16)), "PNG"),
+            _encoded(noise.convert("P"), "PNG"), _encoded(noise.convert("CMYK"), "JPEG"), _encoded(noise, "WEBP"),
+            _encoded(noise.convert("L"), "PNG", transparency=0)]
+    for data in hard:
+        assert isinstance(decode_for_transform(data), Image.Image)
+    assert decode_for_transform(hard[0]).getpixel((3, 3)) == (255, 255, 255)
+    assert decode_for_transform(hard[1]).getpixel((3, 3)) == (round(30000 / 257),) * 3
+    # A JPEG at least twice the draft size decodes at a reduced scale in Pillow's draft mode.
+    big = _encoded(noise.resize((224, 160)), "JPEG")
+    assert decode_for_transform(big, draft_size=56).size == (112, 80)
+    assert isinstance(decode_for_transform(big, draft_size=112), torch.Tensor)
+    # Truncated files are skipped as corrupt whichever decoder saw them first.
+    for data in (_encoded(noise, "JPEG")[:300], _encoded(noise, "PNG")[:300]):
+        for decoder in ("fast", "pillow"):
+            with pytest.raises(SkipSample) as info:
+                ImageField(lambda im: im, decoder=decoder).decode({"__key__": "k", "jpg": data})
+            assert info.value.reason == "corrupt_image"
+    assert photo is not None  # the default corpus's own photos take the fast path too
+    with tarfile.open(photo) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith((".png", ".jpg")))
+        assert isinstance(decode_for_transform(tar.extractfile(member).read()), torch.Tensor)
+
+
+def test_every_view_builder_gives_the_same_shapes_from_either_decoder():
+    from mmssl.data.image import eval_transform, train_transform
+    from mmssl.data.views import strong_augment, weak_augment
+
+    rng = np.random.default_rng(1)
+    data = _encoded(Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)), "JPEG")
+    transforms = {"train": train_transform(32, color=1.0), "eval": eval_transform(32), "ssl": TwoViews(ssl_augment(32, solarize=0.5)),
+                  "multi": MultiCrop(global_size=32, local_size=16, n_global=2, n_local=2), "weak": weak_augment(32),
+                  "strong": strong_augment(32)}
+    for name, t in transforms.items():
+        fast = ImageField(t).decode({"__key__": "k", "jpg": data})["image"]
+        pil = ImageField(t, decoder="pillow").decode({"__key__": "k", "jpg": data})["image"]
+        shapes = [v.shape for v in fast] if isinstance(fast, list) else fast.shape
+        assert shapes == ([v.shape for v in pil] if isinstance(pil, list) else pil.shape), name
+        first = fast[0] if isinstance(fast, list) else fast
+        assert first.dtype == torch.float32 and -3 < float(first.mean()) < 3, name  # normalised, not 0-255
+    # The eval transform is deterministic: both decoders give nearly the same normalised pixels.
+    fast = ImageField(transforms["eval"]).decode({"__key__": "k", "jpg": data})["image"]
+    pil = ImageField(transforms["eval"], decoder="pillow").decode({"__key__": "k", "jpg": data})["image"]
+    assert (fast - pil).abs().mean() < 0.05
+    with pytest.raises(ValueError, match="fast or pillow"):
+        ImageField(transforms["eval"], decoder="opencv")

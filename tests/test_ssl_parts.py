@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -16,7 +17,7 @@ from mmssl.models.queue import FeatureQueue
 from mmssl.objectives.barlow_twins import BarlowTwins
 from mmssl.objectives.byol import BYOL
 from mmssl.objectives.dino import DINO
-from mmssl.objectives.jigsaw import cut_tiles, max_hamming_permutations, standardise_tiles
+from mmssl.objectives.jigsaw import cut_tiles, hamming_distances, permutation_set, standardise_tiles
 from mmssl.objectives.moco import MoCo, forward_in_groups
 from mmssl.objectives.rotation import rotations
 from mmssl.optim import cosine_schedule
@@ -185,14 +186,24 @@ def test_rotations_are_labelled_by_quarter_turns():
         assert torch.equal(back, x)
 
 
-def test_jigsaw_permutations_are_distinct_and_far_apart():
-    perms = max_hamming_permutations(9, 30, seed=0)
-    assert perms.shape == (30, 9)
-    assert len({tuple(p) for p in perms.tolist()}) == 30
-    assert all(sorted(p) == list(range(9)) for p in perms.tolist())
-    dists = [sum(a != b for a, b in zip(p, q)) for p, q in itertools.combinations(perms.tolist(), 2)]
-    assert min(dists) >= 7  # the greedy max-Hamming set; random picks give pairs at distance 2-4
-    assert max_hamming_permutations(4, 100).shape == (24, 4)  # fewer exist: all of them
+def test_jigsaw_permutation_sets_are_distinct_and_as_far_apart_as_asked():
+    def pair_distances(perms):
+        return [sum(a != b for a, b in zip(p, q)) for p, q in itertools.combinations(perms.tolist(), 2)]
+
+    sets = {how: permutation_set(9, 30, how, seed=0) for how in ("max", "random", "min")}
+    for perms in sets.values():
+        assert perms.shape == (30, 9)
+        assert len({tuple(p) for p in perms.tolist()}) == 30
+        assert all(sorted(p) == list(range(9)) for p in perms.tolist())
+    far, rand, near = (pair_distances(sets[h]) for h in ("max", "random", "min"))
+    assert min(far) >= 7  # the greedy max-Hamming set; random picks give pairs at distance 2-4
+    # the minimal set: each added where its summed distance is least, so they cluster round the first
+    assert min(near) == 2 and sum(near) / len(near) < 5 < sum(rand) / len(rand) < sum(far) / len(far)
+    for how, d in zip(("max", "random", "min"), (far, rand, near)):
+        assert hamming_distances(sets[how]) == pytest.approx((sum(d) / len(d), min(d)))
+    assert permutation_set(4, 100).shape == (24, 4)  # fewer exist: all of them
+    with pytest.raises(ValueError, match="max, random or min"):
+        permutation_set(9, 30, "far")
 
 
 def test_cut_tiles_takes_a_crop_from_each_cell_in_row_major_order():

@@ -1,6 +1,6 @@
 """Multi-view transforms: SimCLR-style pairs and DINO-style multi-crop.
 
-Both are transforms PIL -> list of `[C,H,W]` tensors; use them as `ImageField(..., out_key="views")`.
+Both are transforms (PIL image or uint8 tensor) -> list of `[C,H,W]` tensors; use them as `ImageField(..., out_key="views")`.
 The batch then holds `views`: a list of `[B,C,H,W]` tensors, global crops first.
 """
 from __future__ import annotations

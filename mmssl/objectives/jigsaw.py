@@ -4,7 +4,8 @@ Paper: Noroozi & Favaro 2016, "Unsupervised Learning of Visual Representations b
 Puzzles", https://arxiv.org/abs/1603.09246. The image is cut into grid x grid cells; a random
 crop of each cell (so tiles do not share edges, which would be a shortcut) is encoded by a shared
 backbone; the features, concatenated in shuffled order, classify the permutation among a fixed set
-chosen greedily for maximal Hamming distance (the paper's algorithm). With `tile_norm` (the
+chosen greedily for maximal Hamming distance (the paper's algorithm; `perm_set` also draws it at
+random or for minimal distance, the paper's comparison). With `tile_norm` (the
 paper's default) each tile is standardised on its own, zero mean and unit standard deviation over
 its pixels, so that brightness and contrast of a tile do not tell where it came from; the
 Fashion-MNIST demo turns it off (see the results table in docs/images.md). The crop offset is
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,21 +28,43 @@ from ..collapse import embedding_std
 from ..models.heads import mlp
 
 
-def max_hamming_permutations(n_tiles: int, n_perms: int, seed: int = 0) -> torch.Tensor:
-    """`[n_perms, n_tiles]` permutations, each added to maximise its minimum Hamming distance to
-    those already chosen (ties broken at random); the first is random. All of them if fewer exist."""
+def permutation_set(n_tiles: int, n_perms: int, how: str = "max", seed: int = 0) -> torch.Tensor:
+    """`[n_perms, n_tiles]` distinct permutations, all of them if fewer exist. The first is random;
+    `how` picks the rest:
+    - "max": each added to maximise its minimum Hamming distance to those already chosen (the
+      paper's greedy algorithm; its most distinct sets transfer best);
+    - "random": drawn uniformly;
+    - "min": each added to minimise its summed Hamming distance to those already chosen (the
+      paper's minimal set: neighbouring orders that differ in few tiles).
+    Ties are broken at random."""
+    if how not in ("max", "random", "min"):
+        raise ValueError(f"the permutation set is max, random or min, got '{how}'")
     every = np.array(list(itertools.permutations(range(n_tiles))), dtype=np.int8)
     if n_perms >= len(every):
         return torch.from_numpy(every.astype(np.int64))
     rng = np.random.default_rng(seed)
+    if how == "random":
+        return torch.from_numpy(every[rng.choice(len(every), n_perms, replace=False)].astype(np.int64))
     chosen = [int(rng.integers(len(every)))]
-    min_dist = (every != every[chosen[0]]).sum(1)
+    dist = (every != every[chosen[0]]).sum(1).astype(np.int64)  # min (max) or sum (min) over the chosen
     for _ in range(n_perms - 1):
-        best = np.flatnonzero(min_dist == min_dist.max())
+        if how == "max":
+            best = np.flatnonzero(dist == dist.max())
+        else:
+            free = np.where(np.isin(np.arange(len(every)), chosen), np.iinfo(np.int64).max, dist)
+            best = np.flatnonzero(free == free.min())
         pick = int(rng.choice(best))
         chosen.append(pick)
-        min_dist = np.minimum(min_dist, (every != every[pick]).sum(1))
+        step = (every != every[pick]).sum(1)
+        dist = np.minimum(dist, step) if how == "max" else dist + step
     return torch.from_numpy(every[chosen].astype(np.int64))
+
+
+def hamming_distances(perms: torch.Tensor) -> tuple[float, int]:
+    """`[P, T]` permutations -> (mean, minimum) Hamming distance over the pairs of distinct ones."""
+    d = (perms[:, None, :] != perms[None, :, :]).sum(-1).float()
+    off = ~torch.eye(len(perms), dtype=torch.bool)
+    return float(d[off].mean()), int(d[off].min())
 
 
 def cut_tiles(images: torch.Tensor, grid: int, crop: float, tile_size: int) -> torch.Tensor:
@@ -73,7 +97,8 @@ class Jigsaw(nn.Module):
 
     Args:
         grid: tiles per side (grid x grid tiles)
-        n_perms: permutations in the set (chosen for maximal Hamming distance)
+        n_perms: permutations in the set
+        perm_set: how the set is chosen: max (most distinct, the paper's), random or min (least distinct)
         tile_size: side each tile is resized to before the encoder
         crop: share of each cell cropped, so tiles share no edge
         hidden_dim: hidden width of the permutation classifier
@@ -83,10 +108,10 @@ class Jigsaw(nn.Module):
     views = "one_image"  # the batch it trains on: mmssl.recipe_image.VIEWS
 
     def __init__(self, backbone: nn.Module, grid: int = 3, n_perms: int = 100, tile_size: int = 64, crop: float = 0.85,
-                 hidden_dim: int = 1024, tile_norm: bool = True):
+                 hidden_dim: int = 1024, tile_norm: bool = True, perm_set: Literal["max", "random", "min"] = "max"):
         super().__init__()
         self.backbone, self.grid, self.tile_size, self.crop, self.tile_norm = backbone, grid, tile_size, crop, tile_norm
-        self.register_buffer("perms", max_hamming_permutations(grid * grid, n_perms), persistent=False)
+        self.register_buffer("perms", permutation_set(grid * grid, n_perms, perm_set), persistent=False)
         self.classifier = mlp(grid * grid * backbone.out_dim, hidden_dim, len(self.perms), layers=2)
 
     def forward(self, batch: dict, progress: float = 0.0) -> dict:
