@@ -75,8 +75,8 @@ class ShardLoader:
             if meta.done:  # this worker's epoch is over: its counts join the finished ones
                 self._stats_before.update(meta.stats)
                 self._workers[meta.worker] = WorkerStart(meta.epoch + 1)
-                continue
-            self._workers[meta.worker] = WorkerStart(meta.epoch, meta.emitted, meta.batches, meta.stats)
+            else:
+                self._workers[meta.worker] = WorkerStart(meta.epoch, meta.emitted, meta.batches, meta.stats)
             if batch is not None:  # not an empty slot
                 yield batch
 

@@ -37,7 +37,7 @@ class WorkerStart:
 
 @dataclass
 class BatchMeta:
-    """Sent with every batch, or alone (batch=None) in an empty slot or when a worker finishes its epoch."""
+    """Sent with every batch, or alone (batch=None) in an empty slot; `done` on a worker's last item of its epoch."""
 
     epoch: int
     worker: int
@@ -240,6 +240,10 @@ class ShardStream(IterableDataset):
         finished_early = False
         if batches >= plan.batches:
             stream, emitted, finished_early = iter(()), start.emitted, True
+        # The epoch's last item (batch or empty slot) carries `done`, rather than a separate item
+        # after it: an item of its own would hold one of the loader's prefetch places at every
+        # epoch boundary, and the workers would start their next epoch a batch late.
+        tail: list[tuple[dict | None, int]] = []  # the last items, held until the epoch's counts are final
         for sample in stream:
             emitted += 1
             if emitted <= start.emitted:
@@ -251,14 +255,15 @@ class ShardStream(IterableDataset):
             items.append(item)
             if len(items) == self.batch_size:
                 batches += 1
-                yield self._collate(items), BatchMeta(epoch, worker, emitted, batches, dict(stats))
-                items = []
+                batch, items = self._collate(items), []
                 if batches >= plan.batches:
                     finished_early = True
+                    tail.append((batch, batches))
                     break
+                yield batch, BatchMeta(epoch, worker, emitted, batches, dict(stats))
         if items and batches < plan.batches and not self.drop_last:
             batches += 1
-            yield self._collate(items), BatchMeta(epoch, worker, emitted, batches, dict(stats))
+            tail.append((self._collate(items), batches))
             items = []
         if batches < plan.batches and self.drop_last:
             skipped = ", ".join(f"{k} {v}" for k, v in sorted(stats.items()) if k != "samples")
@@ -276,7 +281,12 @@ class ShardStream(IterableDataset):
         # run ahead, and its samples come round more often).
         while batches < slots:
             batches += 1
-            yield None, BatchMeta(epoch, worker, emitted, batches, dict(stats))
+            tail.append((None, batches))
+        before_end = dict(stats)  # what a resume from an item before the last starts from
         if not self.resampled and plan.samples > emitted:
             stats["dropped_tail" if finished_early else "unread_samples"] += plan.samples - emitted
-        yield None, BatchMeta(epoch, worker, emitted, batches, dict(stats), done=True)
+        if not tail:  # resumed after its last slot (a checkpoint from before `done` rode on it)
+            tail.append((None, batches))
+        for i, (batch, n) in enumerate(tail):
+            last = i == len(tail) - 1
+            yield batch, BatchMeta(epoch, worker, emitted, n, dict(stats) if last else dict(before_end), done=last)
