@@ -124,6 +124,21 @@ def test_forever_keeps_its_workers_across_epochs_and_covers_each_epoch_exactly(i
     assert loader.epoch == 3 and loader.stats["samples"] == 4 * per_epoch * 3
 
 
+def test_each_batch_is_counted_in_its_own_epoch(image_shards):
+    # Batches of 2 over these shards: in some epochs the two workers' shares differ and an epoch's
+    # last slot is an empty one, after the last batch. The worker that sent that batch is already in
+    # its next epoch; the batch still belongs to the old one.
+    loader = build_loader(image_shards, [LabelField()], 2, num_workers=2, seed=0, shuffle_buffer=4)
+    per_epoch = len(loader)
+    stream = loader.forever()
+    epochs = []
+    for _ in range(3 * per_epoch):
+        next(stream)
+        epochs.append(loader.epoch)
+    stream.close()
+    assert epochs == [i // per_epoch for i in range(3 * per_epoch)]
+
+
 def test_resume_refuses_another_world_size(image_shards):
     loader = build_loader(image_shards, [LabelField()], 2, rank=0, world_size=2)
     state = loader.state_dict()

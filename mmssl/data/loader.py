@@ -43,10 +43,16 @@ class ShardLoader:
         self._workers = {w: WorkerStart() for w in range(stream.logical_workers)}  # where each logical worker is
         self._next = 0  # the logical worker whose item comes next
         self._stats_before = Counter()  # from epochs the workers finished
+        self._delivered_epoch: int | None = None
 
     @property
     def epoch(self) -> int:
-        """The oldest epoch a worker is still in (the one a run is counted in)."""
+        """The epoch of the batch delivered last (the one a run is counted in); before the first, the
+        oldest epoch a worker is in. Not the workers' minimum throughout: a worker's last batch of an
+        epoch moves it to the next, while the epoch's last slot may still be another worker's."""
+        return self._delivered_epoch if self._delivered_epoch is not None else self._oldest_epoch()
+
+    def _oldest_epoch(self) -> int:
         return min(w.epoch for w in self._workers.values())
 
     def __len__(self) -> int:
@@ -78,6 +84,7 @@ class ShardLoader:
             else:
                 self._workers[meta.worker] = WorkerStart(meta.epoch, meta.emitted, meta.batches, meta.stats)
             if batch is not None:  # not an empty slot
+                self._delivered_epoch = meta.epoch
                 yield batch
 
     def _epoch_stats(self) -> Counter:
@@ -93,7 +100,7 @@ class ShardLoader:
 
     def state_dict(self) -> dict:
         return {
-            "epoch": self.epoch,
+            "epoch": self._oldest_epoch(),
             "next_worker": self._next,
             "workers": {w: vars(s) for w, s in self._workers.items()},
             "stats_before": dict(self._stats_before),
@@ -115,6 +122,7 @@ class ShardLoader:
             self._workers[int(w)] = WorkerStart(**{"epoch": epoch, **s})
         self._next = int(state.get("next_worker", state.get("items", 0))) % self.stream.logical_workers
         self._stats_before = Counter(state["stats_before"])
+        self._delivered_epoch = None
 
 
 class ZippedLoaders:
