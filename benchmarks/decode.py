@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Image decode + augment, per format: Pillow, Pillow's JPEG draft mode, torchvision.io (libpng,
-libjpeg-turbo) and mmssl's choice among them (mmssl.data.image.decode_for_transform, with the crop
-size as draft size), as ratios against Pillow in the same run.
+libjpeg-turbo) and mmssl's choice among them (mmssl.data.image.decode_for_transform, as the recipes
+call it and with the crop size as draft size), as ratios against Pillow in the same run.
 
     python benchmarks/decode.py [--images shards/default_images] [--sizes 64,224]
 
@@ -72,8 +72,9 @@ def methods(size: int) -> dict:
         "pillow_draft": lambda d: pil_t(decode_image(d, draft_size=size)),
         "torchvision_io": lambda d: tensor_t(tv_decode(torch.frombuffer(bytearray(d), dtype=torch.uint8),
                                                        mode=ImageReadMode.RGB)),
-        # what ImageField does: torchvision.io, or Pillow's draft mode for JPEGs twice the size or more
-        "mmssl": lambda d: pil_t(decode_for_transform(d, draft_size=size)),
+        # what ImageField does: as the recipes build it, and with the crop size as draft size
+        "mmssl": lambda d: pil_t(decode_for_transform(d)),
+        "mmssl_draft": lambda d: pil_t(decode_for_transform(d, draft_size=size)),
     }
 
 
@@ -93,8 +94,9 @@ def main() -> int:
     for size in (int(s) for s in args.sizes.split(",")):
         for name, items in sets.items():
             ways = methods(size)
-            if name == "png":
-                ways.pop("pillow_draft")  # draft mode is JPEG only
+            if name == "png":  # draft mode is JPEG only
+                ways.pop("pillow_draft")
+                ways.pop("mmssl_draft")
             rates = {way: per_second(fn, items) for way, fn in ways.items()}
             for way, r in rates.items():
                 rows.append({"set": name, "median_width": sides[name], "size": size, "method": way,
