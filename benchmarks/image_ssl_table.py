@@ -126,8 +126,9 @@ def train(method: str, steps: int, out: Path, recipe: str | None = None, overrid
     run = out / method
     script = recipe or "image_ssl"  # the image methods share one driver; their demo configs name them
     config = config or f"{recipe or method}_demo"
+    # overwrite: the table decided to (re)train this row (--force, or other steps), in its own folder
     cmd = [sys.executable, str(ROOT / "recipes" / f"{script}.py"), "--config", str(ROOT / "recipes/configs" / f"{config}.yaml"),
-           f"output_dir={run}", f"max_steps={steps}", "tensorboard=false", "save_every=0", *overrides]
+           f"output_dir={run}", f"max_steps={steps}", "tensorboard=false", "save_every=0", "overwrite=true", *overrides]
     started = time.time()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     records = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
