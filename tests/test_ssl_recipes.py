@@ -15,9 +15,11 @@ from test_distributed import accelerate_2proc
 from mmssl.recipe_image import image_objectives
 
 # One method of each kind of cross-process code (gathered negatives, all-reduced statistics, a
-# queue, multi-crop) and MAE's ViT, through the real launcher; every method trains and saves in
-# one process through `fit` in tests/test_sync_free.py. Each two-process run costs 10 to 30 s.
-RECIPES = [m for m in image_objectives() if m in {"barlow_twins", "colourisation", "dino", "mae", "moco", "simclr"}]
+# queue, multi-crop), MAE's ViT and the seeds' pretext tasks with a decoder or patch pairs, through
+# the real launcher; every method trains and saves in one process through `fit` in
+# tests/test_sync_free.py. Each two-process run costs 10 to 30 s.
+RECIPES = [m for m in image_objectives() if m in {"barlow_twins", "colourisation", "dino", "inpainting", "mae", "moco",
+                                                  "relative_position", "simclr"}]
 
 
 @pytest.mark.slow
