@@ -11,7 +11,7 @@ split as the bank and the probe's training set. The pretext task's own training 
 loss, for the reconstruction tasks) at the last log is in the table.
 
 Rows:
-- rotation; relative patch position (the paper's colour-dropping guard);
+- rotation; relative patch position with the paper's colour-dropping guard, and without it;
 - jigsaw, 3x3 tiles, 100 permutations chosen for the most distinct set (`perm_set=max`), at random
   and for the least distinct set (`min`): the seeds' Hamming-distance trend;
 - colourisation (classification over ab bins, rebalanced); its backbone sees lightness only, so it
@@ -56,6 +56,7 @@ JIGSAW = ["jigsaw.grid=3", "jigsaw.n_perms=100", "jigsaw.tile_size=24", "jigsaw.
 ROWS = {
     "rotation": ("rotation", []),
     "relative_position": ("relative_position", ["relative_position.colour_guard=drop"]),
+    "relative_position_no_guard": ("relative_position", ["relative_position.colour_guard=none"]),
     "jigsaw_max": ("jigsaw", JIGSAW + ["jigsaw.perm_set=max"]),
     "jigsaw_random": ("jigsaw", JIGSAW + ["jigsaw.perm_set=random"]),
     "jigsaw_min": ("jigsaw", JIGSAW + ["jigsaw.perm_set=min"]),
