@@ -52,6 +52,7 @@ def test_fixmatch_learns_beyond_the_labelled_images_alone(fashion_shards, tmp_pa
     assert logs[-1]["mask_rate"] > 0.2 and logs[-1]["pseudo_acc"] > 0.6, logs[-1]
 
 
+@pytest.mark.slow
 def test_kill_9_and_resume_ends_with_the_same_model_and_average(fashion_shards, tmp_path):
     """Both streams, RandAugment's draws and the EMA's update count resume exactly: the run killed
     after its step-3 checkpoint ends with the parameters and buffers of the run that never stopped."""

@@ -37,6 +37,7 @@ def kill_9_after(cmd: list[str], run: Path, checkpoint: str) -> None:
     proc.wait()
 
 
+@pytest.mark.slow
 def test_kill_9_and_resume_ends_with_the_same_parameters(caption_shards, tmp_path):
     steps = ["max_steps=10", "save_every=3", "keep_checkpoints=5"]
     ref = tmp_path / "ref"

@@ -100,6 +100,7 @@ def test_a_mistake_is_one_line_exit_2_and_touches_nothing(tmp_path, fashion_shar
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_help_lists_every_key_from_the_one_source(tmp_path):
     for script in ("clip.py", "image_ssl.py", "avc.py"):
         proc = run(script, "--help")
@@ -199,6 +200,7 @@ def test_an_evaluation_that_fails_is_logged_and_the_run_still_saves(unlabelled_c
 
 
 # ---- 2. nothing lost in the run folder -----------------------------------------------------------
+@pytest.mark.slow
 def test_a_run_folder_is_never_overwritten_unasked(caption_shards, tmp_path):
     out = tmp_path / "run"
     args = ["--config", str(ROOT / "recipes/configs/clip_demo.yaml"), f"data.train={caption_shards}", "data.val=",
@@ -215,6 +217,7 @@ def test_a_run_folder_is_never_overwritten_unasked(caption_shards, tmp_path):
     assert max(r["step"] for r in records(out)) == 2
 
 
+@pytest.mark.slow
 def test_damaged_checkpoints_are_named_and_skipped(caption_shards, tmp_path):
     out = tmp_path / "run"
     args = ["--config", str(ROOT / "recipes/configs/clip_demo.yaml"), f"data.train={caption_shards}", "data.val=",
