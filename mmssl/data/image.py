@@ -79,37 +79,27 @@ def decode_image(data: bytes, draft_size: int | None = None, max_pixels: int | N
 
 def decode_for_transform(data: bytes, draft_size: int | None = None,
                          max_pixels: int | None = None) -> torch.Tensor | Image.Image:
-    """Bytes -> what the v2 transforms take, by the fastest decoder that gives the same picture.
+    """Bytes -> what the v2 transforms take, by the faster decoder that gives the same picture.
 
-    8-bit JPEG (RGB or grey) and PNG -> a uint8 `[3, H, W]` tensor from torchvision.io
-    (libjpeg-turbo, libpng), 1.4 to 2.4 times Pillow's rate in benchmarks/decode.py; transparent
-    PNGs (RGBA, grey + alpha, palettes) composited on white as `decode_image` does, to the same
-    values. Everything else (other formats, 16-bit, CMYK, a file torchvision refuses) -> the RGB
-    PIL image of `decode_image`, so its bit-depth scaling and error types hold; so do JPEGs at least
-    four times `draft_size` on each side, where Pillow's draft mode is the faster of the two."""
+    Opaque 8-bit JPEG (RGB or grey) and PNG (RGB, grey, palette) -> a uint8 `[3, H, W]` tensor
+    from torchvision.io (libjpeg-turbo, libpng), faster than Pillow in benchmarks/decode.py.
+    Everything else -> the RGB PIL image of `decode_image`: transparency (composited on white;
+    torchvision's RGBA decode plus a composite on the tensor measured slower than Pillow's), 16-bit
+    (scaled), CMYK, other formats, a file torchvision refuses (so the error types hold), and JPEGs
+    at least four times `draft_size` on each side, where Pillow's draft mode is the faster."""
     img = _open(data, max_pixels)
-    mode = None
-    if img.format == "JPEG" and img.mode in ("RGB", "L") and not (draft_size and min(img.size) >= 4 * draft_size):
-        mode = ImageReadMode.RGB
-    elif img.format == "PNG" and img.mode in ("RGB", "L", "P", "RGBA", "LA", "PA"):
-        # A palette Pillow reads as opaque is opaque here too, whatever libpng makes of its chunks.
-        see_through = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
-        mode = ImageReadMode.RGB_ALPHA if see_through else ImageReadMode.RGB
-    if mode is not None:
+    # A palette Pillow reads as opaque is opaque here too, whatever libpng makes of its chunks.
+    opaque = ((img.format == "JPEG" and img.mode in ("RGB", "L")
+               and not (draft_size and min(img.size) >= 4 * draft_size))
+              or (img.format == "PNG" and (img.mode in ("RGB", "L") or (img.mode == "P" and "transparency" not in img.info))))
+    if opaque:
         try:
-            pixels = tv_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
+            pixels = tv_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
         except RuntimeError:  # truncated or damaged: Pillow names it (or reads what it can) below
             pixels = None
         if pixels is not None and pixels.dtype == torch.uint8:
-            return _on_white(pixels) if mode == ImageReadMode.RGB_ALPHA else pixels
+            return pixels
     return decode_image(data, draft_size, max_pixels)
-
-
-def _on_white(rgba: torch.Tensor) -> torch.Tensor:
-    """uint8 `[4, H, W]` -> `[3, H, W]` composited on white, rounded as Pillow's alpha_composite."""
-    rgb, a = rgba[:3].int(), rgba[3:].int()
-    t = rgb * a + 255 * (255 - a) + 128
-    return ((t + (t >> 8)) >> 8).to(torch.uint8)
 
 
 def to_tensor(mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
