@@ -10,7 +10,6 @@ import soundfile
 import torch
 from PIL import Image
 
-from conftest import ROOT
 from mmssl.data import AudioField, ImageField, MultiCrop, SkipSample, TextField, TwoViews, VideoField, ssl_augment
 from mmssl.data.video import clip_indices
 
@@ -141,7 +140,7 @@ def _encoded(img: Image.Image, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-def test_fast_decode_gives_pillows_picture_and_leaves_the_rest_to_pillow():
+def test_fast_decode_gives_pillows_picture_and_leaves_the_rest_to_pillow(image_shards):
     from mmssl.data.image import decode_for_transform, decode_image
 
     def pixels(img) -> torch.Tensor:
@@ -178,17 +177,26 @@ def test_fast_decode_gives_pillows_picture_and_leaves_the_rest_to_pillow():
             with pytest.raises(SkipSample) as info:
                 ImageField(lambda im: im, decoder=decoder).decode({"__key__": "k", "jpg": data})
             assert info.value.reason == "corrupt_image"
-    # The default corpus's photos (cut-outs with alpha, palettes, RGB): the same picture either way,
-    # and the opaque ones take the fast path.
-    with tarfile.open(next((ROOT / "shards").glob("default_images/train-*.tar"))) as tar:
-        for member in tar.getmembers()[:120]:
-            if member.name.endswith((".png", ".jpg")):
-                data = tar.extractfile(member).read()
-                got = decode_for_transform(data)
-                assert torch.equal(pixels(got), pixels(decode_image(data))), member.name
-                img = Image.open(io.BytesIO(data))
-                opaque = img.mode in ("RGB", "L") or (img.mode == "P" and "transparency" not in img.info)
-                assert isinstance(got, torch.Tensor) == opaque, member.name
+    # Tux Paint's photos, as make_shards wrote them (cut-outs with alpha, palettes, RGB): the same
+    # picture either way, and the opaque ones take the fast path.
+    paths = []
+    for shard in sorted(image_shards.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                if member.name.endswith((".png", ".jpg")):
+                    data = tar.extractfile(member).read()
+                    got = decode_for_transform(data)
+                    assert torch.equal(pixels(got), pixels(decode_image(data))), member.name
+                    img = Image.open(io.BytesIO(data))
+                    opaque = img.mode in ("RGB", "L") or (img.mode == "P" and "transparency" not in img.info)
+                    assert isinstance(got, torch.Tensor) == opaque, member.name
+                    # the same photo as an img2dataset JPEG: torchvision's decode, Pillow's picture
+                    jpeg = _encoded(decode_image(data), "JPEG")
+                    fast_jpeg = decode_for_transform(jpeg)
+                    assert isinstance(fast_jpeg, torch.Tensor), member.name
+                    assert (pixels(fast_jpeg) - pixels(decode_image(jpeg))).abs().max() <= 2, member.name
+                    paths.append(opaque)
+    assert len(paths) >= 20
 
 
 def test_every_view_builder_gives_the_same_shapes_from_either_decoder():
