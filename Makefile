@@ -49,13 +49,16 @@ demo: corpus
 	$(PY) -m mmssl.eval $(RUN) --task retrieval --task zero-shot --data shards/default_images --split val
 	$(PY) tools/clip_report.py $(RUN) --data shards/default_images
 
+# Test processes (pytest-xdist); tests/conftest.py gives each its share of the cores.
+TEST_WORKERS ?= 2
+
 # Every test but the minute-long learning runs (CI runs this).
 test: setup
-	$(PY) -m pytest -q -m "not learning" -p no:cacheprovider
+	$(PY) -m pytest -q -m "not learning" -p no:cacheprovider -n $(TEST_WORKERS)
 
 # Every test, the objectives learning on real data included (about 10 minutes more).
 test-all: setup
-	$(PY) -m pytest -q -m "slow or learning or not slow" -p no:cacheprovider
+	$(PY) -m pytest -q -m "slow or learning or not slow" -p no:cacheprovider -n $(TEST_WORKERS)
 
 # The fast subset, for the edit-test loop.
 test-fast: setup

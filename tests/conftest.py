@@ -18,6 +18,14 @@ sys.path.insert(0, str(ROOT / "tools"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # Parallel test processes (make test): each takes its share of the cores, and so do the
+    # recipes and tools it starts, rather than every one spinning a thread on every core.
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+    import torch
+
+    torch.set_num_threads(_threads)
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
@@ -36,6 +44,38 @@ def make_shards(*args, check=True) -> subprocess.CompletedProcess:
     if check and proc.returncode != 0:
         raise AssertionError(f"make_shards failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return proc
+
+
+# The data tools at test size: what the fixtures below add to the command the docs show (tests/test_docs.py
+# runs the docs' blocks on these fixtures).
+SMALL_TOOL = {"build_fashion_mnist.py": ["--train-per-class", "40", "--test-per-class", "10", "--workers", "1"],
+              "build_motion_set.py": ["--photos", "24", "--size", "64", "--workers", "2"],
+              "build_av_set.py": ["--stamps", "40", "--size", "32", "--train-motions", "2"],
+              "build_speech_set.py": ["--speeds", "165"],
+              "build_emoji_set.py": ["--size", "32", "--workers", "1"]}
+
+
+def run_tool(script: str, *args) -> None:
+    """Run tools/<script> as users do; fail with its stderr."""
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / script), *map(str, args)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def recipe_defaults(script: str, argv: list[str]) -> dict:
+    """The config keys recipes/<script> offers for this command line: the image driver's and
+    fixmatch.py's follow the method the command line chooses (`objective`)."""
+    import runpy
+
+    from mmssl.config import chosen
+
+    if script == "image_ssl.py":
+        from mmssl.recipe_image import image_defaults
+
+        return image_defaults(chosen(argv, "objective", "simclr"))
+    ns = runpy.run_path(str(ROOT / "recipes" / script))
+    if "defaults" in ns:
+        return ns["defaults"](chosen(argv, "objective", ns["COMMON"]["objective"].default))
+    return ns["DEFAULTS"]
 
 
 @pytest.fixture(scope="session")
@@ -122,10 +162,7 @@ def fashion_shards(tmp_path_factory) -> Path:
     built as users do (tools/build_fashion_mnist.py -> make_shards.py images --split-dirs)."""
     require(Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"), "dataset-fashion-mnist")
     out = tmp_path_factory.mktemp("fashion") / "fashion_mnist"
-    cmd = [sys.executable, str(ROOT / "tools" / "build_fashion_mnist.py"), "--out", str(out), "--train-per-class", "40",
-           "--test-per-class", "10", "--workers", "1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_tool("build_fashion_mnist.py", "--out", out, *SMALL_TOOL["build_fashion_mnist.py"])
     return out
 
 
@@ -140,19 +177,13 @@ def simclr_run(fashion_shards, tmp_path_factory):
     return run
 
 
-def run_tool(script: str, *args) -> None:
-    """Run tools/<script> as users do; fail with its stderr."""
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / script), *map(str, args)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-
-
 @pytest.fixture(scope="session")
 def motion_shards(tmp_path_factory) -> Path:
     """The camera-motion video set at test size: 24 real photos x 6 motions, 16 frames of 64 px,
     split by photo (tools/build_motion_set.py -> make_shards.py videos --split-dirs)."""
     require(STAMPS, "tuxpaint-stamps-default")
     out = tmp_path_factory.mktemp("motion") / "motion"
-    run_tool("build_motion_set.py", "--out", out, "--photos", "24", "--size", "64", "--workers", "2")
+    run_tool("build_motion_set.py", "--out", out, *SMALL_TOOL["build_motion_set.py"])
     return out
 
 
@@ -172,7 +203,7 @@ def av_shards(tmp_path_factory) -> Path:
     (tools/build_av_set.py -> make_shards.py videos --split-dirs)."""
     require(STAMPS, "tuxpaint-stamps-default")
     out = tmp_path_factory.mktemp("av") / "av"
-    run_tool("build_av_set.py", "--out", out, "--stamps", "40", "--size", "32", "--train-motions", "2")
+    run_tool("build_av_set.py", "--out", out, *SMALL_TOOL["build_av_set.py"])
     return out
 
 
@@ -182,5 +213,13 @@ def speech_shards(tmp_path_factory) -> Path:
     speech_speakers/ and speech_digits/ (tools/build_speech_set.py)."""
     require(Path("/usr/share/asterisk/sounds/en/digits"), "asterisk-core-sounds-en-wav")
     out = tmp_path_factory.mktemp("speech")
-    run_tool("build_speech_set.py", "--out", out, "--speeds", "165")
+    run_tool("build_speech_set.py", "--out", out, *SMALL_TOOL["build_speech_set.py"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def emoji_shards(tmp_path_factory) -> Path:
+    """The colour emoji set at 32 px (tools/build_emoji_set.py: Noto colour emoji by Unicode group)."""
+    out = tmp_path_factory.mktemp("emoji") / "emoji"
+    run_tool("build_emoji_set.py", "--out", out, *SMALL_TOOL["build_emoji_set.py"])
     return out
