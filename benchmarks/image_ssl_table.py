@@ -209,8 +209,7 @@ def main(argv=None) -> int:
     if args.image_size < 16:
         p.error(f"--image-size must be at least 16 px, got {args.image_size}")
     setup = {"image_size": args.image_size, "widths": widths}
-    os.chdir(ROOT)
-    subprocess.run([sys.executable, "tools/build_fashion_mnist.py", "--out", DATA], check=True)
+    subprocess.run([sys.executable, str(ROOT / "tools/build_fashion_mnist.py"), "--out", DATA], check=True)
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}

@@ -9,22 +9,21 @@ from collections import Counter
 import numpy as np
 from PIL import Image
 
-from conftest import ROOT, require, run_tool
+from conftest import ROOT, require
 
 sys.path.insert(0, str(ROOT / "tools"))
 
 from build_emoji_set import EMOJI_TEST, FONT, emoji_items  # noqa: E402
 
 
-def test_emoji_set_is_nine_colour_classes_split_by_item(tmp_path):
+def test_emoji_set_is_nine_colour_classes_split_by_item(emoji_shards):
     require(FONT, "fonts-noto-color-emoji")
     require(EMOJI_TEST, "unicode-data")
     items = emoji_items()
     names = [n for _, n, _ in items]
     assert len(names) == len(set(names)) > 1800
     assert not any("skin tone" in n or n.endswith(("red hair", "curly hair", "white hair", "bald")) for n in names)
-    out = tmp_path / "emoji"
-    run_tool("build_emoji_set.py", "--out", out, "--size", "32", "--workers", "1")
+    out = emoji_shards  # tools/build_emoji_set.py at 32 px
     manifest = json.loads((out / "manifest.json").read_text())
     labels = manifest["labels"]
     assert sorted(labels) == sorted({"smileys_emotion", "people_body", "animals_nature", "food_drink", "travel_places",

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, make_shards
+from conftest import ROOT, make_shards, recipe_defaults
 from mmssl.config import ConfigError, from_cli, keys_of
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -77,18 +77,6 @@ def test_bad_values_are_refused_when_the_config_is_merged(script, override, mess
     with pytest.raises(ConfigError) as info:
         from_cli(recipe_defaults(script, [override]), [override])
     assert message in str(info.value)
-
-
-def recipe_defaults(script: str, argv: list[str]) -> dict:
-    """The config keys a recipe offers for this command line (the image driver's depend on `objective`)."""
-    import runpy
-
-    if script == "image_ssl.py":
-        from mmssl.config import chosen
-        from mmssl.recipe_image import image_defaults
-
-        return image_defaults(chosen(argv, "objective", "simclr"))
-    return runpy.run_path(str(ROOT / "recipes" / script))["DEFAULTS"]
 
 
 def test_a_mistake_is_one_line_exit_2_and_touches_nothing(tmp_path, fashion_shards):
