@@ -130,7 +130,8 @@ def main(argv=None) -> int:
     (args.run_dir / "report.md").write_text("\n".join(lines) + "\n")
     retrieval_grid(load_clip_run(args.run_dir, cfg), args.data, args.split, size, args.run_dir / "retrieval.png")
     summary = {k: trained[k] for _, k, _ in rows}
-    print(json.dumps({"report": str(args.run_dir / "report.md"), **summary}))
+    print(json.dumps({"report": str(args.run_dir / "report.md"), **summary, "untrained": {k: base[k] for _, k, _ in rows},
+                      "chance": {k: chance for _, k, chance in rows}}))
     print("\n".join(lines[6:6 + len(rows) + 2]))
     return 0
 
