@@ -62,6 +62,8 @@ ROWS = {
     "jigsaw_max": ("jigsaw", JIGSAW + ["jigsaw.perm_set=max"]),
     "jigsaw_random": ("jigsaw", JIGSAW + ["jigsaw.perm_set=random"]),
     "jigsaw_min": ("jigsaw", JIGSAW + ["jigsaw.perm_set=min"]),
+    "jigsaw_max_raw_tiles": ("jigsaw", [o for o in JIGSAW if "tile_norm" not in o] + ["jigsaw.tile_norm=false",
+                                                                                       "jigsaw.perm_set=max"]),
     "colourisation": ("colourisation", []),
     "inpainting_center": ("inpainting", ["inpainting.mask=center"]),
     "inpainting_blocks": ("inpainting", ["inpainting.mask=blocks"]),
