@@ -292,23 +292,45 @@ def test_documented_blocks_run_on_small_data(group, request, tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
            "MPLBACKEND": "Agg"}
     photo = sorted(Path(request.getfixturevalue("stamp_tree")).rglob("*.png"))[1]
-    ran = 0
+    ran = {}
     for page in GROUPS[group]:
         for lang, block in runnable_blocks(ROOT / "docs" / page):
             if lang == "python":
                 # the default corpus's batch of 64 is more than the test corpus holds; offline, the Hub's
                 # all-MiniLM-L6-v2 is the copy the demo installs
                 code = block.replace('"RUN"', repr("runs/demo")).replace('"PHOTO"', repr(str(photo))).replace(
-                    "batch_size=64", "batch_size=8").replace('"sentence-transformers/all-MiniLM-L6-v2"', repr(minilm_folder()))
+                    "batch_size=64", "batch_size=8").replace('"sentence-transformers/all-MiniLM-L6-v2"',
+                                                             repr(minilm_folder()))
                 proc = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True)
                 assert proc.returncode == 0, f"{page}: python block\n{proc.stderr[-3000:]}"
-                ran += 1
+                assert proc.stdout.strip(), f"{page}: the python block printed nothing"
+                ran[page] = ran.get(page, 0) + 1
                 continue
             for line in logical_lines(block):
                 argv = small_command(shlex.split(line), work, request)
                 if argv is None:
                     continue
                 proc = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True)
-                assert proc.returncode == 0, f"{page}: {line}\n-> {shlex.join(argv)}\n{proc.stderr[-3000:]}"
-                ran += 1
-    assert ran >= {"training": 9, "video": 3, "audio": 4, "data": 6}[group]
+                where = f"{page}: {line}\n-> {shlex.join(argv)}"
+                assert proc.returncode == 0, f"{where}\n{proc.stderr[-3000:]}"
+                check_output(argv, proc.stdout, work, where)
+                ran[page] = ran.get(page, 0) + 1
+    assert set(ran) == set(GROUPS[group]), ran  # every page had a command to run
+
+
+def check_output(argv: list[str], stdout: str, work: Path, where: str) -> None:
+    """What the command was for is there: a recipe's run folder with its log and saved encoder, an
+    evaluation's JSON line, make_shards' manifest."""
+    import json
+
+    from mmssl.config import from_cli
+
+    script = Path(next((a for a in argv if a.endswith(".py")), ""))
+    if script.parent.name == "recipes":
+        args = [str(work / a) if a.startswith("recipes/configs/") else a for a in argv[argv.index(str(script)) + 1:]]
+        run = work / from_cli(recipe_defaults(script.name, args), args)["output_dir"]
+        assert (run / "metrics.jsonl").exists() and (run / "encoder").is_dir(), where
+    elif argv[1:3] == ["-m", "mmssl.eval"]:
+        assert json.loads(stdout.strip().splitlines()[-1]), where
+    elif script.name == "make_shards.py":
+        assert (Path(argv[4]) / "manifest.json").exists(), where
