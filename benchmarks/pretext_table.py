@@ -91,7 +91,8 @@ def main(argv=None) -> int:
     p.add_argument("--random-seeds", type=int, default=4, help="random-init ResNets probed, seeds 0 to N-1")
     p.add_argument("--out", type=Path, default=Path("runs/pretext_table"))
     p.add_argument("--force", action="store_true")
-    p.add_argument("--record", type=Path, default=RECORD, help="where the JSON record goes; the docs' table follows the default")
+    p.add_argument("--record", type=Path, default=RECORD,
+                   help="where the JSON record goes; the docs' table follows the default one")
     args = p.parse_args(argv)
     rows = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in rows if m not in ROWS]

@@ -46,8 +46,8 @@ def make_shards(*args, check=True) -> subprocess.CompletedProcess:
     return proc
 
 
-# The data tools at test size: what the fixtures below add to the command the docs show (tests/test_docs.py
-# runs the docs' blocks on these fixtures).
+# The data tools at test size: what the fixtures below add to the command the docs show
+# (tests/test_docs.py runs the docs' blocks on these fixtures).
 SMALL_TOOL = {"build_fashion_mnist.py": ["--train-per-class", "40", "--test-per-class", "10", "--workers", "1"],
               "build_motion_set.py": ["--photos", "24", "--size", "64", "--workers", "2"],
               "build_av_set.py": ["--stamps", "40", "--size", "32", "--train-motions", "2"],
@@ -220,6 +220,10 @@ def speech_shards(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def emoji_shards(tmp_path_factory) -> Path:
     """The colour emoji set at 32 px (tools/build_emoji_set.py: Noto colour emoji by Unicode group)."""
+    from build_emoji_set import EMOJI_TEST, FONT
+
+    require(FONT, "fonts-noto-color-emoji")
+    require(EMOJI_TEST, "unicode-data")
     out = tmp_path_factory.mktemp("emoji") / "emoji"
     run_tool("build_emoji_set.py", "--out", out, *SMALL_TOOL["build_emoji_set.py"])
     return out
