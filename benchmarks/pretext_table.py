@@ -53,7 +53,8 @@ RECORD = ROOT / "benchmarks/results/pretext_table.json"
 SIZE, BATCH = 64, 64
 WIDTHS = [32, 64, 128]
 GRID, N_PERMS = 3, 100  # the paper's jigsaw: 3x3 tiles, 100 permutations
-JIGSAW = [f"jigsaw.grid={GRID}", f"jigsaw.n_perms={N_PERMS}", "jigsaw.tile_size=24", "jigsaw.tile_norm=true"]
+TILES = [f"jigsaw.grid={GRID}", f"jigsaw.n_perms={N_PERMS}", "jigsaw.tile_size=24"]
+JIGSAW = TILES + ["jigsaw.tile_norm=true"]
 # row -> (objective, its overrides beyond the shared ones); the objective's demo config is the start.
 ROWS = {
     "rotation": ("rotation", []),
@@ -62,8 +63,7 @@ ROWS = {
     "jigsaw_max": ("jigsaw", JIGSAW + ["jigsaw.perm_set=max"]),
     "jigsaw_random": ("jigsaw", JIGSAW + ["jigsaw.perm_set=random"]),
     "jigsaw_min": ("jigsaw", JIGSAW + ["jigsaw.perm_set=min"]),
-    "jigsaw_max_raw_tiles": ("jigsaw", [o for o in JIGSAW if "tile_norm" not in o] + ["jigsaw.tile_norm=false",
-                                                                                       "jigsaw.perm_set=max"]),
+    "jigsaw_max_raw_tiles": ("jigsaw", TILES + ["jigsaw.tile_norm=false", "jigsaw.perm_set=max"]),
     "colourisation": ("colourisation", []),
     "inpainting_center": ("inpainting", ["inpainting.mask=center"]),
     "inpainting_blocks": ("inpainting", ["inpainting.mask=blocks"]),
