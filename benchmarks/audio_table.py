@@ -46,6 +46,7 @@ from record import write_record  # noqa: E402
 from mmssl.data import AudioField  # noqa: E402
 from mmssl.eval.av_tasks import audio_probes, av_retrieval, pointing  # noqa: E402
 
+# Data folders are relative to where it runs, like a recipe's data paths.
 PROBES = {"speaker": "shards/speech_speakers", "digit": "shards/speech_digits"}
 AV = "shards/av"
 
@@ -88,9 +89,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/audio_table"))
     p.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
-    os.chdir(ROOT)
-    subprocess.run([sys.executable, "tools/build_speech_set.py"], check=True)
-    subprocess.run([sys.executable, "tools/build_av_set.py"], check=True)
+    subprocess.run([sys.executable, str(ROOT / "tools/build_speech_set.py")], check=True)
+    subprocess.run([sys.executable, str(ROOT / "tools/build_av_set.py")], check=True)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "results.json"
     res = json.loads(path.read_text()) if path.exists() and not args.force else {}

@@ -3,7 +3,8 @@
 of the 60,000 training labels, one CPU process.
 
     python benchmarks/label_efficiency.py [--fractions 0.01,0.1,1] [--seeds 0,1,2] [--steps 300]
-                                          [--ssl simclr,byol,mae] [--ssl-steps 300] [--out runs/label_efficiency]
+                                          [--ssl simclr,byol,mae] [--ssl-steps 300] [--rows ...]
+                                          [--out runs/label_efficiency] [--record PATH]
 
 Rows (each trained for --steps optimizer steps with the same class-balanced labels per seed,
 drawn by mmssl.data.subset; one step is a batch of 64 labelled images for fine-tuning, 32
@@ -38,6 +39,7 @@ from record import write_record  # noqa: E402
 
 DATA = "shards/fashion_mnist_full"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+ROWS = ("supervised", "linear", "finetune", "fixmatch_supervised", "pseudo_label", "fixmatch", "fixmatch_init")
 
 
 def run(cmd: list[str]) -> str:
@@ -103,7 +105,7 @@ def probe(feats: dict, fraction: float, seed: int) -> float:
                         seed=seed)["linear_top1"]
 
 
-def table(results: dict, fractions: list[float], seeds: list[int], ssl: list[str]) -> str:
+def table(results: dict, fractions: list[float], seeds: list[int], ssl: list[str], wanted: set[str]) -> str:
     def cell(row: str, f: float) -> str:
         values = [results[k] for k in (f"{row}|{f:g}|{s}" for s in seeds) if k in results]
         if not values:
@@ -112,13 +114,15 @@ def table(results: dict, fractions: list[float], seeds: list[int], ssl: list[str
         spread = f" ({100 * min(values):.1f} – {100 * max(values):.1f})" if len(values) > 1 else ""
         return f"{mean:.1f}%{spread}"
 
-    rows = [("supervised from scratch", "supervised")]
-    rows += [(f"linear probe on {m} features", f"linear:{m}") for m in ssl]
-    rows += [(f"{m} + fine-tune", f"finetune:{m}") for m in ssl]
-    rows += [("FixMatch's recipe with lambda_u = 0 (its labelled images alone)", "fixmatch_supervised"),
-             ("Pseudo-Label", "pseudo_label"), ("FixMatch", "fixmatch")]
+    rows = [("supervised from scratch", "supervised", "supervised")]
+    rows += [(f"linear probe on {m} features", f"linear:{m}", "linear") for m in ssl]
+    rows += [(f"{m} + fine-tune", f"finetune:{m}", "finetune") for m in ssl]
+    rows += [("FixMatch's recipe with lambda_u = 0 (its labelled images alone)", "fixmatch_supervised",
+              "fixmatch_supervised"), ("Pseudo-Label", "pseudo_label", "pseudo_label"),
+             ("FixMatch", "fixmatch", "fixmatch")]
     init = results.get("fixmatch_init_from")
-    rows += [(f"FixMatch from {init}", "fixmatch_init")] if init else []
+    rows += [(f"FixMatch from {init}", "fixmatch_init", "fixmatch_init")] if init else []
+    rows = [(name, key) for name, key, row in rows if row in wanted]
     head = "| row | " + " | ".join(f"{f:.0%} labels ({round(f * 60000):,})" for f in fractions) + " |"
     lines = [head, "|---" * (len(fractions) + 1) + "|"]
     lines += [f"| {name} | " + " | ".join(cell(key, f) for f in fractions) + " |" for name, key in rows]
@@ -132,14 +136,18 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--ssl", default="simclr,byol,mae")
     p.add_argument("--ssl-steps", type=int, default=300)
-    p.add_argument("--rows", default="supervised,linear,finetune,fixmatch_supervised,pseudo_label,fixmatch,fixmatch_init")
+    p.add_argument("--rows", default=",".join(ROWS))
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "label_efficiency")
     p.add_argument("--force", action="store_true")
+    p.add_argument("--record", type=Path, default=ROOT / "benchmarks" / "results" / "label_efficiency.json",
+                   help="where the JSON record goes; the docs' main table follows the default one")
     args = p.parse_args(argv)
     fractions = [float(f) for f in args.fractions.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     ssl = args.ssl.split(",")
     wanted = set(args.rows.split(","))
+    if wanted - set(ROWS):
+        p.error(f"--rows: unknown {', '.join(sorted(wanted - set(ROWS)))} (choose from {', '.join(ROWS)})")
     if not (ROOT / DATA / "manifest.json").exists():
         run([sys.executable, "tools/build_fashion_mnist.py", "--out", DATA, "--train-per-class", "6000"])
     args.out.mkdir(parents=True, exist_ok=True)
@@ -181,10 +189,10 @@ def main(argv=None) -> int:
         for f in fractions:
             for s in seeds:
                 cell(f"fixmatch_init|{f:g}|{s}", lambda: semi("fixmatch", f, s, args.steps, args.out, runs[best]))
-    text = table(results, fractions, seeds, ssl)
+    text = table(results, fractions, seeds, ssl, wanted)
     (args.out / "table.md").write_text(text)
     print(text)
-    write_record(ROOT / "benchmarks" / "results" / "label_efficiency.json", table=text, results=results,
+    write_record(args.record, table=text, results=results,
                  data=DATA, fractions=fractions, seeds=seeds)
     return 0
 

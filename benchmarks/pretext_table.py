@@ -83,6 +83,45 @@ def mean(records: list[dict], key: str) -> float:
     return sum(r[key] for r in records) / len(records)
 
 
+def probe_sizes(out: Path, rows: list[str], seeds: list[int], sizes: list[int], random_seeds: int) -> str:
+    """kNN / linear top-1 of OUT's trained encoders and the random-init ResNets with the images
+    resized to each of `sizes`; -> a markdown table of the means and their margin over random init.
+    Trains nothing. The jigsaw and relative-position encoders learnt on 24-px patches, a third of
+    the image; the probes at 64 px show them whole images, at 24 px whole images at a patch's size."""
+    scores: dict[str, dict[int, list[dict]]] = {}
+    for seed in range(random_seeds):
+        torch.manual_seed(seed)
+        model = build_encoder(resnet_spec(WIDTHS))
+        for size in sizes:
+            scores.setdefault(RANDOM, {}).setdefault(size, []).append(probe(model, size, data=DATA))
+    for row in rows:
+        for seed in seeds:
+            folder = out / f"{row}_seed{seed}" / "encoder"
+            if not folder.is_dir():
+                print(f"{row} seed {seed}: skipped (no {folder}; train it first)", flush=True)
+                continue
+            model = build_encoder({"name": str(folder), "freeze": True})
+            for size in sizes:
+                scores.setdefault(row, {}).setdefault(size, []).append(probe(model, size, data=DATA))
+                r = scores[row][size][-1]
+                print(f"{row:26s} seed {seed} {size:3d} px  kNN {100 * r['knn_top1']:5.1f}  "
+                      f"linear {100 * r['linear_top1']:5.1f}", flush=True)
+    head = " | ".join(f"{s} px: kNN / linear (vs random init)" for s in sizes)
+    lines = [f"Colour emoji test split, frozen features of the encoders in {out}, the images resized to each size "
+             f"for the probes; means over seeds {','.join(map(str, seeds))} (random init: seeds 0-{random_seeds - 1}).",
+             "", f"| method | {head} |", "|---|" + "---|" * len(sizes)]
+    for name, by_size in scores.items():
+        cells = []
+        for size in sizes:
+            recs, base = by_size[size], scores[RANDOM][size]
+            knn, lin = mean(recs, "knn_top1"), mean(recs, "linear_top1")
+            delta = "" if name == RANDOM else (f" ({100 * (knn - mean(base, 'knn_top1')):+.1f} / "
+                                               f"{100 * (lin - mean(base, 'linear_top1')):+.1f})")
+            cells.append(f"{100 * knn:.1f} / {100 * lin:.1f}{delta}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=500)
@@ -91,6 +130,9 @@ def main(argv=None) -> int:
     p.add_argument("--random-seeds", type=int, default=4, help="random-init ResNets probed, seeds 0 to N-1")
     p.add_argument("--out", type=Path, default=Path("runs/pretext_table"))
     p.add_argument("--force", action="store_true")
+    p.add_argument("--probe-sizes", default="",
+                   help="comma-separated image sizes in px: probe OUT's trained encoders of --methods and --seeds "
+                        "at each (trains nothing; needs --record elsewhere than the default)")
     p.add_argument("--record", type=Path, default=RECORD,
                    help="where the JSON record goes; the docs' table follows the default one")
     args = p.parse_args(argv)
@@ -98,16 +140,29 @@ def main(argv=None) -> int:
     unknown = [m for m in rows if m not in ROWS]
     if unknown:
         p.error(f"unknown method '{unknown[0]}' (choose from {', '.join(ROWS)})")
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds or min(seeds) < 0:
-        p.error(f"--seeds takes comma-separated seeds of 0 or more, got '{args.seeds}'")
+
+    def numbers(flag: str, text: str, lowest: int) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            values = []
+        if not values or min(values) < lowest:
+            p.error(f"{flag} takes comma-separated whole numbers of {lowest} or more, got '{text}'")
+        return values
+
+    seeds = numbers("--seeds", args.seeds, 0)
     if args.steps < 1 or args.random_seeds < 1:
         p.error("--steps and --random-seeds must be 1 or more")
     if not (Path(DATA) / "manifest.json").is_file():
         p.error(f"no colour set at {DATA}: build it first with: make emoji-set")
+    if args.probe_sizes:
+        sizes = numbers("--probe-sizes", args.probe_sizes, 16)
+        if args.record == RECORD:
+            p.error("--probe-sizes writes its own record: name it with --record")
+        table = probe_sizes(args.out, rows, seeds, sizes, args.random_seeds)
+        print(table)
+        write_record(args.record, table=table, sizes=sizes)
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}

@@ -51,7 +51,7 @@ from mmssl.eval.video_tasks import video_probes  # noqa: E402
 from mmssl.models.encoders import build_encoder  # noqa: E402
 from mmssl.objectives.frame_tuples import ordered_frame_features  # noqa: E402
 
-DATA = "shards/motion"
+DATA = "shards/motion"  # relative to where it runs, like a recipe's data paths
 # name -> (recipe, overrides)
 METHODS = {"videomae": ("videomae", ()), "temporal order (verify)": ("temporal_order", ("temporal_order.task=verify",)),
            "temporal order (sort)": ("temporal_order", ("temporal_order.task=sort",)),
@@ -107,8 +107,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("runs/video_table"))
     p.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
-    os.chdir(ROOT)
-    subprocess.run([sys.executable, "tools/build_motion_set.py", "--out", DATA], check=True)
+    subprocess.run([sys.executable, str(ROOT / "tools/build_motion_set.py"), "--out", DATA], check=True)
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}

@@ -45,8 +45,9 @@ def test_readme_own_data_then_transformers_only_clip(stamp_tree, tmp_path):
         w = csv.writer(f)
         w.writerow(["path", "caption"])
         for p in photos:
-            w.writerow([str(p), p.stem.replace("_", " ")])
-            w.writerow([str(p), f"a photo of a {p.stem.replace('_', ' ')}"])  # two captions per image
+            rel = os.path.relpath(p, tmp_path)  # an absolute path's temporary folder would move the val split
+            w.writerow([rel, p.stem.replace("_", " ")])
+            w.writerow([rel, f"a photo of a {p.stem.replace('_', ' ')}"])  # two captions per image
     photo = tmp_path / "photo.jpg"
     from PIL import Image
 

@@ -46,10 +46,11 @@ def unlabelled_captions(stamp_tree, tmp_path_factory) -> Path:
         w.writerow(["path", "caption"])
         for n, png in enumerate(sorted(p for p in stamp_tree.rglob("*.png") if p.name != "broken.png")):
             first = png.with_suffix(".txt").read_text().splitlines()[0] if png.with_suffix(".txt").exists() else ""
-            w.writerow([str(png), first or png.stem.replace("_", " ")])
-            w.writerow([str(png), f"a picture of {png.stem.replace('_', ' ')}"])
+            rel = os.path.relpath(png, table.parent)  # an absolute path's temporary folder would move the val split
+            w.writerow([rel, first or png.stem.replace("_", " ")])
+            w.writerow([rel, f"a picture of {png.stem.replace('_', ' ')}"])
             if n % 3 == 0:
-                w.writerow([str(png), f"{png.parent.name}: {png.stem.replace('_', ' ')}"])
+                w.writerow([rel, f"{png.parent.name}: {png.stem.replace('_', ' ')}"])
     out = table.parent / "shards"
     make_shards("captions", table, out)
     return out
