@@ -83,9 +83,10 @@ def mean(records: list[dict], key: str) -> float:
     return sum(r[key] for r in records) / len(records)
 
 
-def probe_sizes(out: Path, rows: list[str], seeds: list[int], sizes: list[int], random_seeds: int) -> str:
+def probe_sizes(out: Path, rows: list[str], seeds: list[int], sizes: list[int], random_seeds: int) -> tuple[str, dict]:
     """kNN / linear top-1 of OUT's trained encoders and the random-init ResNets with the images
-    resized to each of `sizes`; -> a markdown table of the means and their margin over random init.
+    resized to each of `sizes`; -> a markdown table of the means (ranges in brackets) and their
+    margin over random init, and every probe's figures by row and size.
     Trains nothing. The jigsaw and relative-position encoders learnt on 24-px patches, a third of
     the image; the probes at 64 px show them whole images, at 24 px whole images at a patch's size."""
     scores: dict[str, dict[int, list[dict]]] = {}
@@ -108,7 +109,8 @@ def probe_sizes(out: Path, rows: list[str], seeds: list[int], sizes: list[int], 
                       f"linear {100 * r['linear_top1']:5.1f}", flush=True)
     head = " | ".join(f"{s} px: kNN / linear (vs random init)" for s in sizes)
     lines = [f"Colour emoji test split, frozen features of the encoders in {out}, the images resized to each size "
-             f"for the probes; means over seeds {','.join(map(str, seeds))} (random init: seeds 0-{random_seeds - 1}).",
+             f"for the probes; means over seeds {','.join(map(str, seeds))} (random init: seeds 0-{random_seeds - 1}), "
+             "ranges in brackets; the margin is against the mean random-init ResNet at the same size.",
              "", f"| method | {head} |", "|---|" + "---|" * len(sizes)]
     for name, by_size in scores.items():
         cells = []
@@ -117,9 +119,11 @@ def probe_sizes(out: Path, rows: list[str], seeds: list[int], sizes: list[int], 
             knn, lin = mean(recs, "knn_top1"), mean(recs, "linear_top1")
             delta = "" if name == RANDOM else (f" ({100 * (knn - mean(base, 'knn_top1')):+.1f} / "
                                                f"{100 * (lin - mean(base, 'linear_top1')):+.1f})")
-            cells.append(f"{100 * knn:.1f} / {100 * lin:.1f}{delta}")
+            ranges = (f"{100 * knn:.1f} ({span(recs, 'knn_top1')}) / {100 * lin:.1f} ({span(recs, 'linear_top1')})"
+                      if len(recs) > 1 else f"{100 * knn:.1f} / {100 * lin:.1f}")
+            cells.append(ranges + delta)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines), scores
 
 
 def main(argv=None) -> int:
@@ -159,9 +163,9 @@ def main(argv=None) -> int:
         sizes = numbers("--probe-sizes", args.probe_sizes, 16)
         if args.record == RECORD:
             p.error("--probe-sizes writes its own record: name it with --record")
-        table = probe_sizes(args.out, rows, seeds, sizes, args.random_seeds)
+        table, scores = probe_sizes(args.out, rows, seeds, sizes, args.random_seeds)
         print(table)
-        write_record(args.record, table=table, sizes=sizes)
+        write_record(args.record, table=table, results=scores, sizes=sizes)
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
