@@ -21,6 +21,9 @@ Baselines in the same run: raw pixels, the random-init ResNet at seeds 0 to --ra
 (their range is how far initialisation alone moves the probes) and on lightness. With --seeds
 0,1 every method trains once per seed and the table gives the mean and the range.
 
+With --probe-sizes 24,64 (and --record elsewhere) it trains nothing: it probes the encoders of
+--methods and --seeds already in OUT, and the random-init ResNets, at each image size.
+
 Writes OUT/table.md, OUT/results.json, OUT/table.png and the record
 benchmarks/results/pretext_table.json. A row whose results are in
 OUT/results.json with the same steps is not trained again (--force retrains).
