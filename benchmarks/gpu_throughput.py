@@ -9,7 +9,10 @@ Workloads (the paper-sized models):
 - `clip_vit_b16`: CLIP with a ViT-B/16 image tower at 224 px and CLIP's 12-layer text tower
   (77 tokens), both trained, batch 256;
 - `videomae_vit_b`: VideoMAE ViT-B, 16 frames at 224 px, 90% tube masking, batch 32;
-- `simclr_resnet50`: SimCLR on torchvision's ResNet-50, two 224 px views, batch 256.
+- `simclr_resnet50`: SimCLR on torchvision's ResNet-50, two 224 px views, batch 256;
+- `simclr_r50_gpu_aug`: the same with the views drawn on the GPU (`augment.on=device`,
+  mmssl.data.device_augment), the workers only decoding and resizing: its shards/s against
+  simclr_resnet50's is what moving the augmentation to the GPU buys.
 
 For each: (1) the plain loop: zero_grad, forward and backward under bf16 autocast, fused AdamW
 step, no clipping, on one batch already on the GPU; (2) `fit` (mixed_precision=bf16, grad_clip=0)
@@ -107,7 +110,23 @@ def simclr_workload(small: bool) -> dict:
             "data": "images"}
 
 
-WORKLOADS = {"clip_vit_b16": clip_workload, "videomae_vit_b": videomae_workload, "simclr_resnet50": simclr_workload}
+def simclr_device_aug_workload(small: bool) -> dict:
+    """simclr_resnet50 with its views drawn on the GPU (augment.on=device): the workers only decode
+    and resize."""
+    from mmssl.data import ImageField
+    from mmssl.data.device_augment import load_transform
+    from mmssl.recipe_image import device_views
+
+    work = simclr_workload(small)
+    size = 32 if small else 224
+    # ssl_augment's defaults, which simclr_resnet50's workers use
+    augment = {"on": "device", "load_size": 0, "scale_min": 0.08, "color": 1.0, "blur": 0.5, "solarize": 0.0}
+    return {**work, "fields": lambda: [ImageField(load_transform(round(size / 0.875)))],
+            "on_device": device_views({"image_size": size, "augment": augment})}
+
+
+WORKLOADS = {"clip_vit_b16": clip_workload, "videomae_vit_b": videomae_workload, "simclr_resnet50": simclr_workload,
+             "simclr_r50_gpu_aug": simclr_device_aug_workload}
 
 
 def sync(device: torch.device) -> None:
@@ -191,7 +210,7 @@ def fit_rate(work: dict, device: torch.device, steps: int, shards: Path | None, 
         accelerator = start(cfg)
         loader = (MemoryLoader(work["batch_fn"](work["batch"], accelerator.device)) if shards is None
                   else training_loader(cfg, work["fields"]()))
-        fit(accelerator, cfg, model, loader)
+        fit(accelerator, cfg, model, loader, on_device=None if shards is None else work.get("on_device"))
     return steps * work["batch"] / (stamps[WARMUP + steps] - stamps[WARMUP])
 
 
@@ -213,7 +232,7 @@ def main() -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     rows = []
-    header = (f"{'workload':16s} {'unit':6s} {'plain/s':>9s} {'fit/s':>9s} {'fit÷plain':>9s} {'shards/s':>9s} "
+    header = (f"{'workload':18s} {'unit':6s} {'plain/s':>9s} {'fit/s':>9s} {'fit÷plain':>9s} {'shards/s':>9s} "
               f"{'shards÷mem':>10s} {'TFLOP/step':>10s} {'MFU':>6s}")
     lines = []
     for key in args.only.split(","):
@@ -237,7 +256,7 @@ def main() -> int:
                      "flop_per_step": flops, "mfu": None if mfu is None else round(mfu, 3),
                      "note": note})
         r = rows[-1]
-        lines.append(f"{key:16s} {work['unit']:6s} {plain_s:9.1f} {ours:9.1f} {r['fit_vs_plain']:9.3f} "
+        lines.append(f"{key:18s} {work['unit']:6s} {plain_s:9.1f} {ours:9.1f} {r['fit_vs_plain']:9.3f} "
                      f"{'-' if real is None else f'{real:.1f}':>9s} "
                      f"{'-' if real is None else format(r['shards_vs_memory'], '.3f'):>10s} "
                      f"{flops / 1e12:10.3f} {'-' if mfu is None else f'{mfu:.1%}':>6s}  {note}")

@@ -20,6 +20,7 @@ from pathlib import Path
 from .config import ConfigError, Key, chosen, constructor_keys, set_defaults
 from .data import (ImageField, LabelField, MultiCrop, TwoViews, build_loader, eval_transform, ssl_augment, train_transform,
                    training_loader)
+from .data.device_augment import DeviceAugment, load_transform
 from .eval.backbone_model import BackboneEval
 from .eval.tasks import run_tasks
 from .models.encoders import build_encoder, save_image_processor
@@ -51,7 +52,12 @@ IMAGE_SSL_DEFAULTS = set_defaults(TRAIN_DEFAULTS, {
                 "solarize": Key(0.0, "probability of solarization", min=0),
                 "local_size": Key(16, "side of multi-crop local views (DINO, SwAV)", min=1),
                 "n_local": Key(4, "local views per image (DINO, SwAV)", min=0),
-                "local_scale_max": Key(0.4, "largest local crop, as a share of the image area", above=0)},
+                "local_scale_max": Key(0.4, "largest local crop, as a share of the image area", above=0),
+                "on": Key("workers", "where the two views are augmented: in the data workers, image by image, or on "
+                          "the training device, the whole batch at once (GPU-side; mmssl.data.device_augment)",
+                          choices=("workers", "device")),
+                "load_size": Key(0, "with augment.on=device: side of the square each image is resized and centre-"
+                                 "cropped to in the workers (0: image_size / 0.875)", min=0)},
     "eval_tasks": Key(["knn", "linear"], "evaluations of the frozen backbone (those needing labels run only "
                       "where the data has labels)", choices=("knn", "linear")),
     "eval_split": Key("val", "held-out split of data.val that is scored"),
@@ -60,10 +66,30 @@ IMAGE_SSL_DEFAULTS = set_defaults(TRAIN_DEFAULTS, {
 
 
 def two_views(cfg: dict) -> list:
-    """`views`: two SimCLR-style augmentations of each image."""
+    """`views`: two SimCLR-style augmentations of each image (with augment.on=device, `image`: the
+    square the device augments, `device_views`)."""
     a = cfg["augment"]
+    if a["on"] == "device":
+        return [ImageField(load_transform(a["load_size"] or round(cfg["image_size"] / 0.875)))]
     t = ssl_augment(cfg["image_size"], (a["scale_min"], 1.0), blur=a["blur"], solarize=a["solarize"], color=a["color"])
     return [ImageField(TwoViews(t), out_key="views")]
+
+
+def device_views(cfg: dict):
+    """With augment.on=device, fit's `on_device`: the batch's `image` squares become its two `views`
+    on the device; otherwise None."""
+    a = cfg["augment"]
+    if a["on"] != "device":
+        return None
+    augment = DeviceAugment(cfg["image_size"], (a["scale_min"], 1.0), blur=a["blur"], solarize=a["solarize"],
+                            color=a["color"])
+
+    def on_device(batch: dict, seed: int) -> dict:
+        batch = dict(batch)
+        batch["views"] = augment(batch.pop("image"), seed)
+        return batch
+
+    return on_device
 
 
 def multi_crop(cfg: dict) -> list:
@@ -87,7 +113,8 @@ def labelled_views(cfg: dict) -> list:
 # What an objective's `views` attribute names: the fields its batches are built from.
 VIEWS = {"two_views": two_views, "multi_crop": multi_crop, "one_image": one_image, "labelled_views": labelled_views}
 # The augment keys each kind of views reads; the user setting another is told it does nothing.
-AUGMENT_READ = {"two_views": {"scale_min", "color", "blur", "solarize"}, "labelled_views": {"scale_min", "color", "blur", "solarize"},
+TWO_VIEWS_READ = {"scale_min", "color", "blur", "solarize", "on", "load_size"}
+AUGMENT_READ = {"two_views": TWO_VIEWS_READ, "labelled_views": TWO_VIEWS_READ,
                 "multi_crop": {"scale_min", "color", "blur", "solarize", "local_size", "n_local", "local_scale_max"},
                 "one_image": {"scale_min"}}
 
@@ -199,5 +226,5 @@ def run_image_ssl(argv=None) -> int:
             return {**out, **(save_reconstructions(model, step, cfg) if pictures else {})}
 
     fit(accelerator, cfg, objective, loader, evaluate,
-        preprocessors={"": lambda d: save_image_processor(d, cfg["image_size"])})
+        preprocessors={"": lambda d: save_image_processor(d, cfg["image_size"])}, on_device=device_views(cfg))
     return 0

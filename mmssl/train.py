@@ -28,6 +28,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from . import checkpoint, dist
 from .config import ConfigError, Key, to_yaml
+from .data.shards import sample_seed
 from .models.serialization import save_encoders
 from .optim import build_optimizer, group_schedules, warmup_cosine
 from .watch import LogWindow, MetricsLog, NonFiniteGuard, RunInterrupted, StopSignals, TrainingDiverged, plot_loss
@@ -171,7 +172,8 @@ def _flat_hparams(cfg: dict, prefix="") -> dict:
     return out
 
 
-def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=None, preprocessors=None) -> dict:
+def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=None, preprocessors=None,
+        on_device=None) -> dict:
     """Train `objective` on `loader` for `cfg['max_steps']` steps; returns the last eval metrics.
     At the end the main process writes the trained encoders to `output_dir/encoder` (`save_encoders`).
 
@@ -183,6 +185,10 @@ def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=Non
 
     preprocessors: `{subfolder: write(directory)}`, what turns raw input into the encoder's input
     (an image processor config, a tokenizer), written next to the tower it feeds.
+
+    on_device(batch, seed) -> batch: work on each batch once it is on the device, before the step
+    (GPU-side augmentation, mmssl.data.device_augment); `seed` is fixed by the run's seed, the step,
+    the micro-step and the rank, so a resumed run draws what the run it continues drew.
     """
     from tqdm import tqdm
 
@@ -230,6 +236,9 @@ def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=Non
         while step < max_steps and stopping is None:
             for micro in range(accum):
                 batch = _to_device(next(stream), accelerator.device, cfg["channels_last"])
+                if on_device is not None:
+                    seed = sample_seed(cfg["seed"], step, micro, accelerator.process_index)
+                    batch = _to_device(on_device(batch, seed), accelerator.device, cfg["channels_last"])
                 sync = micro == accum - 1
                 with accelerator.no_sync(model) if not sync and accelerator.num_processes > 1 else nullcontext():
                     with accelerator.autocast():

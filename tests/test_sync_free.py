@@ -14,7 +14,7 @@ import torch
 
 import mmssl
 from mmssl.config import plain
-from mmssl.recipe_image import VIEWS, build_objective, image_defaults, image_objectives
+from mmssl.recipe_image import VIEWS, build_objective, image_defaults, image_objectives, run_image_ssl
 from mmssl.train import fit, start
 from mmssl.data import training_loader
 
@@ -107,7 +107,10 @@ RECIPES = {  # recipe: (its demo config, the fixture it trains on, a few more ke
     "rgb_flow": ("rgb_flow_demo", "motion_shards", ["batch_size=4"]),
     "cpc": ("cpc_demo", "speech_shards", ["batch_size=4", "probes=[]"]),
     "avc": ("avc_demo", "av_shards", ["batch_size=4", "probe.data="]),
+    "simclr_on_device": ("simclr_demo", "fashion_shards", ["augment.on=device", "augment.blur=0.5",
+                                                           "augment.solarize=0.2", "batch_size=8"]),
 }
+SCRIPTS = {"pseudo_label": "fixmatch"}  # a recipe run by another recipe's script
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
@@ -119,7 +122,7 @@ def test_recipe_steps_read_nothing_from_the_device(recipe, tmp_path, monkeypatch
             f"data.train={shards}", *QUIET, *extra]
     if recipe in ("fixmatch", "pseudo_label"):  # a classifier is scored at the end (an evaluation boundary)
         argv.append(f"data.val={shards}")
-    main = load_recipe("fixmatch" if recipe == "pseudo_label" else recipe).main
+    main = run_image_ssl if recipe == "simclr_on_device" else load_recipe(SCRIPTS.get(recipe, recipe)).main
     torch.manual_seed(0)
     reads = HostReads(monkeypatch)
     assert main(argv) == 0

@@ -37,22 +37,31 @@ def kill_9_after(cmd: list[str], run: Path, checkpoint: str) -> None:
     proc.wait()
 
 
-@pytest.mark.slow
-def test_kill_9_and_resume_ends_with_the_same_parameters(caption_shards, tmp_path):
-    steps = ["max_steps=10", "save_every=3", "keep_checkpoints=5"]
-    ref = tmp_path / "ref"
-    subprocess.run(clip_cmd(caption_shards, ref, *steps), check=True, env=ENV, capture_output=True)
+def reference_and_resumed(command, tmp_path: Path, kill_at: str) -> tuple[Path, Path]:
+    """Run `command(run_dir)` through once, and again killed with -9 at checkpoint `kill_at` then
+    resumed; -> the two run folders."""
+    ref, run = tmp_path / "ref", tmp_path / "killed"
+    subprocess.run(command(ref), check=True, env=ENV, capture_output=True)
+    kill_9_after(command(run), run, kill_at)
+    subprocess.run(command(run) + ["resume=true"], check=True, env=ENV, capture_output=True)
+    return ref, run
 
-    run = tmp_path / "killed"
-    kill_9_after(clip_cmd(caption_shards, run, *steps), run, "step_0000006")
-    assert not (run / "checkpoints" / "step_0000010").exists()
-    subprocess.run(clip_cmd(caption_shards, run, *steps, "resume=true"), check=True, env=ENV, capture_output=True)
 
-    a = load_file(str(ref / "checkpoints" / "step_0000010" / "model.safetensors"))
-    b = load_file(str(run / "checkpoints" / "step_0000010" / "model.safetensors"))
+def assert_same_parameters(ref: Path, run: Path, checkpoint: str) -> None:
+    """The two runs' `checkpoint` hold bit-identical model parameters."""
+    a = load_file(str(ref / "checkpoints" / checkpoint / "model.safetensors"))
+    b = load_file(str(run / "checkpoints" / checkpoint / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.slow
+def test_kill_9_and_resume_ends_with_the_same_parameters(caption_shards, tmp_path):
+    steps = ["max_steps=10", "save_every=3", "keep_checkpoints=5"]
+    ref, run = reference_and_resumed(lambda out: clip_cmd(caption_shards, out, *steps), tmp_path, "step_0000006")
+
+    assert_same_parameters(ref, run, "step_0000010")
     opt_a = torch.load(ref / "checkpoints" / "step_0000010" / "optimizer.bin", weights_only=True)
     opt_b = torch.load(run / "checkpoints" / "step_0000010" / "optimizer.bin", weights_only=True)
     for key, state in opt_a["state"].items():
