@@ -110,9 +110,9 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, kernel: int, sigma: torch.Tensor) -> torch.Tensor:
-    """Blur image i of `[B, C, H, W]` with a `kernel`-tap Gaussian of `sigma[i]` (0: unchanged, as
-    the odd kernel's centre tap then holds all the weight),
-    separably, with reflect padding, as v2.functional.gaussian_blur does for one image."""
+    """Blur image i of `[B, C, H, W]` with a `kernel`-tap Gaussian of `sigma[i]`, separably, with
+    reflect padding, as v2.functional.gaussian_blur does for one image. Sigma 0 leaves an image
+    unchanged: the odd kernel's centre tap then holds all the weight."""
     b, c, h, w = x.shape
     half = (kernel - 1) / 2
     taps = torch.linspace(-half, half, kernel, device=x.device)
