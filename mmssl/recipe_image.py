@@ -126,6 +126,9 @@ def check_augment(cfg: dict, views: str) -> None:
     if unread:
         raise ConfigError(f"{unread[0]} does nothing for {cfg['objective']} ({views}: it reads augment."
                           f"{', augment.'.join(sorted(AUGMENT_READ[views]))}); remove it")
+    if "augment.load_size" in getattr(cfg, "explicit", ()) and cfg["augment"]["on"] != "device":
+        raise ConfigError("augment.load_size does nothing with augment.on=workers (the workers crop the "
+                          "decoded image); set augment.on=device or remove it")
 
 
 def _methods_in(module) -> list[type]:

@@ -182,3 +182,7 @@ def test_an_augment_key_a_method_never_reads_is_refused():
     # Multi-crop reads blur and solarize now; the defaults, set by nobody, are never refused.
     check_augment(merge(image_defaults("dino"), None, ["augment.blur=0.1", "augment.solarize=0.2"]), "multi_crop")
     check_augment(merge(image_defaults("mae"), None, []), "one_image")
+    # The workers' square for device augmentation, set while the workers augment: refused too.
+    with pytest.raises(ConfigError, match="augment.load_size does nothing with augment.on=workers"):
+        check_augment(merge(image_defaults("simclr"), None, ["augment.load_size=64"]), "two_views")
+    check_augment(merge(image_defaults("simclr"), None, ["augment.load_size=64", "augment.on=device"]), "two_views")
