@@ -164,15 +164,17 @@ def main(argv=None) -> int:
             print(f"{key}: {100 * results[key]:.1f}%", flush=True)
 
     runs = {m: ssl_run(args.out, m, args.ssl_steps) for m in ssl}
+    feats: dict[str, dict] = {}  # frozen features of each SSL run, extracted once
     for f in fractions:
         for s in seeds:
             if "supervised" in wanted:
                 cell(f"supervised|{f:g}|{s}", lambda: finetune(runs[ssl[0]], f, s, args.steps, "random", args.out))
             for m in ssl:
                 if "linear" in wanted and f"linear:{m}|{f:g}|{s}" not in results:
-                    feats = features(runs[m])
-                    for f2 in fractions:  # one feature pass serves every share
-                        cell(f"linear:{m}|{f2:g}|{s}", lambda: probe(feats, f2, s))
+                    if m not in feats:  # one feature pass serves every share and seed
+                        feats[m] = features(runs[m])
+                    for f2 in fractions:
+                        cell(f"linear:{m}|{f2:g}|{s}", lambda: probe(feats[m], f2, s))
                 if "finetune" in wanted:
                     cell(f"finetune:{m}|{f:g}|{s}", lambda: finetune(runs[m], f, s, args.steps, "run", args.out))
             for method in ("pseudo_label", "fixmatch"):
