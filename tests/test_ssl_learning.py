@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from mmssl.collapse import COLLAPSE_THRESHOLD
+from mmssl.config import plain
 from mmssl.data import LabelField, build_loader
 from mmssl.models.encoders import build_encoder
 from mmssl.models.vit import ViT
@@ -32,11 +33,12 @@ from mmssl.objectives.simclr import SimCLR
 from mmssl.objectives.simsiam import SimSiam
 from mmssl.objectives.supcon import SupCon
 from mmssl.objectives.swav import SwAV
-from mmssl.recipe_image import SMALL_RESNET, multi_crop, one_image, two_views
+from mmssl.recipe_image import IMAGE_SSL_DEFAULTS, SMALL_RESNET, multi_crop, one_image, two_views
 
 SIZE, BATCH, STEPS = 32, 32, 30
-AUG = {"image_size": SIZE, "augment": {"scale_min": 0.3, "color": 1.0, "blur": 0.0, "solarize": 0.0, "local_size": 16, "n_local": 2,
-                                       "local_scale_max": 0.4}}
+# The recipe's augment keys, at their defaults but for these.
+AUG = {"image_size": SIZE, "augment": {**plain(IMAGE_SSL_DEFAULTS)["augment"], "scale_min": 0.3, "color": 1.0, "blur": 0.0,
+                                       "solarize": 0.0, "local_size": 16, "n_local": 2, "local_scale_max": 0.4}}
 BACKBONE = {**SMALL_RESNET, "config": {**SMALL_RESNET["config"], "hidden_sizes": [32, 64, 128, 256]}}
 
 
