@@ -32,8 +32,6 @@ from torchvision.transforms import v2
 
 from .image import IMAGENET_MEAN, IMAGENET_STD, CenterCropFloor
 
-GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
-
 
 def load_transform(size: int) -> v2.Compose:
     """What the workers do before `DeviceAugment`: the shorter side resized to `size`, the centre
@@ -68,8 +66,8 @@ def crop_boxes(n: int, h: int, w: int, scale: tuple[float, float], ratio: tuple[
 
 
 def grayscale(x: torch.Tensor) -> torch.Tensor:
-    """`[B, 3, H, W]` in [0, 1] -> `[B, 1, H, W]` luma."""
-    return (x * x.new_tensor(GRAY).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    """`[B, 3, H, W]` in [0, 1] -> `[B, 1, H, W]` luma (torchvision's, which takes a batch)."""
+    return v2.functional.rgb_to_grayscale(x, num_output_channels=1)
 
 
 def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -78,6 +76,8 @@ def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.
     return (f * x + (1 - f) * other).clamp(0, 1)
 
 
+# torchvision's adjust_hue shifts a whole batch by one factor and its HSV conversions are private,
+# so the per-image shift has its own pair.
 def _rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     r, g, b = x.unbind(1)
     maxc, _ = x.max(1)
