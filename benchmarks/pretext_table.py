@@ -12,8 +12,8 @@ loss, for the reconstruction tasks) at the last log is in the table.
 
 Rows:
 - rotation; relative patch position with the paper's colour-dropping guard, and without it;
-- jigsaw, 3x3 tiles, 100 permutations chosen for the most distinct set (`perm_set=max`), at random
-  and for the least distinct set (`min`): the seeds' Hamming-distance trend;
+- jigsaw, 3x3 tiles, 100 permutations (--n-perms) chosen for the most distinct set (`perm_set=max`),
+  at random and for the least distinct set (`min`): the seeds' Hamming-distance trend;
 - colourisation (classification over ab bins, rebalanced); its backbone sees lightness only, so it
   has its own random-init row on lightness;
 - the context encoder with each mask shape (central square, random blocks, random region).
@@ -55,8 +55,8 @@ DATA = "shards/emoji"  # relative to where it runs, like a recipe's data paths
 RECORD = ROOT / "benchmarks/results/pretext_table.json"
 SIZE, BATCH = 64, 64
 WIDTHS = [32, 64, 128]
-GRID, N_PERMS = 3, 100  # the paper's jigsaw: 3x3 tiles, 100 permutations
-TILES = [f"jigsaw.grid={GRID}", f"jigsaw.n_perms={N_PERMS}", "jigsaw.tile_size=24"]
+GRID, N_PERMS = 3, 100  # the paper's jigsaw: 3x3 tiles, 100 permutations (--n-perms: its table's 1,000)
+TILES = [f"jigsaw.grid={GRID}", "jigsaw.tile_size=24"]
 JIGSAW = TILES + ["jigsaw.tile_norm=true"]
 # row -> (objective, its overrides beyond the shared ones); the objective's demo config is the start.
 ROWS = {
@@ -135,6 +135,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0", help="comma-separated seeds; every method trains once per seed")
     p.add_argument("--methods", default=",".join(ROWS), help=f"rows to train, from {', '.join(ROWS)}")
     p.add_argument("--random-seeds", type=int, default=4, help="random-init ResNets probed, seeds 0 to N-1")
+    p.add_argument("--n-perms", type=int, default=N_PERMS,
+                   help="permutations in each jigsaw set (the paper trains on 100; its Hamming table uses 1000)")
     p.add_argument("--out", type=Path, default=Path("runs/pretext_table"))
     p.add_argument("--force", action="store_true")
     p.add_argument("--probe-sizes", default="",
@@ -158,8 +160,8 @@ def main(argv=None) -> int:
         return values
 
     seeds = numbers("--seeds", args.seeds, 0)
-    if args.steps < 1 or args.random_seeds < 1:
-        p.error("--steps and --random-seeds must be 1 or more")
+    if args.steps < 1 or args.random_seeds < 1 or args.n_perms < 2:
+        p.error("--steps and --random-seeds must be 1 or more, --n-perms 2 or more")
     if not (Path(DATA) / "manifest.json").is_file():
         p.error(f"no colour set at {DATA}: build it first with: make emoji-set")
     if args.probe_sizes:
@@ -194,11 +196,19 @@ def main(argv=None) -> int:
         print(f"{key:36s} kNN {100 * r['knn_top1']:5.1f}  linear {100 * r['linear_top1']:5.1f}", flush=True)
 
     trained = results.setdefault("methods", {})
+
+    def same_budget(r: dict) -> bool:
+        """Trained for these --steps (and, jigsaw, with these --n-perms); rows from before n_perms was
+        recorded used N_PERMS."""
+        return r.get("steps") == args.steps and ("hamming_mean" not in r or r.get("n_perms", N_PERMS) == args.n_perms)
+
     for row in rows:
         objective, extra = ROWS[row]
+        if objective == "jigsaw":
+            extra = extra + [f"jigsaw.n_perms={args.n_perms}"]
         for seed in seeds:
             done = trained.get(row, {}).get(str(seed))
-            if done and done.get("steps") == args.steps and not args.force:
+            if done and same_budget(done) and not args.force:
                 continue
             print(f"training {row} (seed {seed}) for {args.steps} steps ...", flush=True)
             r = train(f"{row}_seed{seed}", args.steps, args.out, config=f"{objective}_demo",
@@ -206,7 +216,8 @@ def main(argv=None) -> int:
             del r["eval"]
             if objective == "jigsaw":
                 how = next(o.split("=")[1] for o in extra if o.startswith("jigsaw.perm_set="))
-                r["hamming_mean"], r["hamming_min"] = hamming_distances(permutation_set(GRID * GRID, N_PERMS, how))
+                r["hamming_mean"], r["hamming_min"] = hamming_distances(permutation_set(GRID * GRID, args.n_perms, how))
+                r["n_perms"] = args.n_perms
             trained.setdefault(row, {})[str(seed)] = r
             save()
             acc = f"pretext accuracy {100 * r['last_accuracy']:.1f}" if r["last_accuracy"] is not None else ""
@@ -224,7 +235,9 @@ def main(argv=None) -> int:
              f"pretraining: {args.steps} steps of "
              f"batch {BATCH} on {n_img:,} training images (about {args.steps * BATCH / n_img:.0f} epochs), one CPU "
              f"process, {SIZE} px, ResNet widths {','.join(map(str, WIDTHS))}. Figures are means over the seeds named; "
-             f"ranges in brackets. The margin is against the mean random-init ResNet (on lightness for colourisation).",
+             f"ranges in brackets. The margin is against the mean random-init ResNet (on lightness for colourisation)."
+             + (f" Jigsaw: {GRID}x{GRID} tiles, sets of {args.n_perms} permutations."
+                if any(ROWS[r][0] == "jigsaw" and r in trained for r in ROWS) else ""),
              "", "| method | seeds | kNN top-1 (k=20) | linear top-1 | vs random init (kNN / linear) | pretext: last accuracy "
              "or loss | Hamming mean / min | minutes |", "|---|---|---|---|---|---|---|---|"]
 
@@ -237,7 +250,7 @@ def main(argv=None) -> int:
         lines.append(f"| {name} | 0-{args.random_seeds - 1} | {cell(recs, 'knn_top1')} | {cell(recs, 'linear_top1')} "
                      f"| | | | |")
     for row in ROWS:
-        recs = [r for s, r in sorted(trained.get(row, {}).items()) if r.get("steps") == args.steps]
+        recs = [r for s, r in sorted(trained.get(row, {}).items()) if same_budget(r)]
         if not recs:
             continue
         base = summary[LIGHTNESS if row == "colourisation" else RANDOM]
@@ -246,7 +259,7 @@ def main(argv=None) -> int:
         pretext = (f"accuracy {cell(recs, 'last_accuracy')}" if recs[0]["last_accuracy"] is not None
                    else f"loss {recs[0]['first_loss']:.3f} → {mean(recs, 'last_loss'):.3f}")
         ham = f"{recs[0]['hamming_mean']:.2f} / {recs[0]['hamming_min']}" if "hamming_mean" in recs[0] else ""
-        used = ",".join(s for s, r in sorted(trained[row].items()) if r.get("steps") == args.steps)
+        used = ",".join(s for s, r in sorted(trained[row].items()) if same_budget(r))
         lines.append(f"| {row} | {used} | {cell(recs, 'knn_top1')} | {cell(recs, 'linear_top1')} | {delta} | {pretext} "
                      f"| {ham} | {mean(recs, 'minutes'):.1f} |")
         summary[row] = {k: mean(recs, k) for k in ("knn_top1", "linear_top1")}

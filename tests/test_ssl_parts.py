@@ -201,6 +201,16 @@ def test_jigsaw_permutation_sets_are_distinct_and_as_far_apart_as_asked():
     assert min(near) == 2 and sum(near) / len(near) < 5 < sum(rand) / len(rand) < sum(far) / len(far)
     for how, d in zip(("max", "random", "min"), (far, rand, near)):
         assert hamming_distances(sets[how]) == pytest.approx((sum(d) / len(d), min(d)))
+    # every pick is the greedy choice, its distances counted directly over all 9! orders
+    every = torch.tensor(list(itertools.permutations(range(9))))
+    nearest = torch.full((len(every),), 9)
+    summed, taken = torch.zeros(len(every), dtype=torch.long), torch.zeros(len(every), dtype=torch.bool)
+    for k in range(1, 30):
+        nearest = torch.minimum(nearest, (every != sets["max"][k - 1]).sum(1))
+        assert (sets["max"][k] != sets["max"][:k]).sum(1).min() == nearest.max()
+        summed += (every != sets["min"][k - 1]).sum(1)
+        taken |= (every == sets["min"][k - 1]).all(1)
+        assert (sets["min"][k] != sets["min"][:k]).sum() == summed[~taken].min()
     assert permutation_set(4, 100).shape == (24, 4)  # fewer exist: all of them
     with pytest.raises(ValueError, match="max, random or min"):
         permutation_set(9, 30, "far")

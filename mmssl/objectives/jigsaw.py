@@ -45,17 +45,33 @@ def permutation_set(n_tiles: int, n_perms: int, how: str = "max", seed: int = 0)
     rng = np.random.default_rng(seed)
     if how == "random":
         return torch.from_numpy(every[rng.choice(len(every), n_perms, replace=False)].astype(np.int64))
+    # Each permutation packed as one 4-bit digit per tile in a uint64: the Hamming distance to one of
+    # them is the number of non-zero digits of the XOR, summed by one multiplication into the top
+    # digit (no digit sum exceeds 15 for up to 15 tiles). About 5x faster than comparing [9!, 9]
+    # arrays, which made a set of 1,000 (the paper's) take half a minute.
+    u = np.uint64
+    packed = (every.astype(u) << (np.arange(n_tiles, dtype=u) * u(4))).sum(1, dtype=u)
+    low_bits, top = u(int("1" * n_tiles, 16)), u(4 * (n_tiles - 1))
+
+    def distance_to(i: int) -> np.ndarray:
+        x = packed ^ packed[i]
+        x = (x | x >> u(1) | x >> u(2) | x >> u(3)) & low_bits
+        return ((x * low_bits) >> top & u(15)).astype(np.int64)
+
     chosen = [int(rng.integers(len(every)))]
-    dist = (every != every[chosen[0]]).sum(1).astype(np.int64)  # min (max) or sum (min) over the chosen
+    dist = distance_to(chosen[0])  # min (max) or sum (min) over the chosen
+    taken = np.zeros(len(every), dtype=bool)
+    taken[chosen[0]] = True
     for _ in range(n_perms - 1):
-        if how == "max":
+        if how == "max":  # a chosen one is at distance 0, so never picked again
             best = np.flatnonzero(dist == dist.max())
         else:
-            free = np.where(np.isin(np.arange(len(every)), chosen), np.iinfo(np.int64).max, dist)
+            free = np.where(taken, np.iinfo(np.int64).max, dist)
             best = np.flatnonzero(free == free.min())
         pick = int(rng.choice(best))
         chosen.append(pick)
-        step = (every != every[pick]).sum(1)
+        taken[pick] = True
+        step = distance_to(pick)
         dist = np.minimum(dist, step) if how == "max" else dist + step
     return torch.from_numpy(every[chosen].astype(np.int64))
 
