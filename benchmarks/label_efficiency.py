@@ -4,7 +4,8 @@ of the 60,000 training labels, one CPU process.
 
     python benchmarks/label_efficiency.py [--fractions 0.01,0.1,1] [--seeds 0,1,2] [--steps 300]
                                           [--ssl simclr,byol,mae] [--ssl-steps 300] [--rows ...]
-                                          [--out runs/label_efficiency] [--record PATH]
+                                          [--finetune 'key=value ...'] [--out runs/label_efficiency]
+                                          [--record PATH]
 
 Rows (each trained for --steps optimizer steps with the same class-balanced labels per seed,
 drawn by mmssl.data.subset; one step is a batch of 64 labelled images for fine-tuning, 32
@@ -59,11 +60,11 @@ def ssl_run(out: Path, method: str, steps: int) -> Path:
     return folder
 
 
-def finetune(ssl: Path, fraction: float, seed: int, steps: int, init: str, out: Path) -> float:
+def finetune(ssl: Path, fraction: float, seed: int, steps: int, init: str, out: Path, extra: list[str]) -> float:
     folder = out / "finetune" / f"{ssl.name}_{init}_{fraction:g}_seed{seed}"
     stdout = run([sys.executable, "-m", "mmssl.eval", str(ssl), "--task", "finetune", "--data", DATA, "--split", "test",
                   "--label-fraction", str(fraction), "--seed", str(seed), "--init", init, f"max_steps={steps}",
-                  f"output_dir={folder}", "overwrite=true"])
+                  f"output_dir={folder}", "overwrite=true", *extra])
     return json.loads(stdout.strip().splitlines()[-1])["finetune_top1"]
 
 
@@ -139,6 +140,9 @@ def main(argv=None) -> int:
     p.add_argument("--rows", default=",".join(ROWS))
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "label_efficiency")
     p.add_argument("--force", action="store_true")
+    p.add_argument("--finetune", default="", help="space-separated key=value fine-tuning settings for the supervised "
+                                                  "and fine-tune rows (python -m mmssl.eval --help-keys), e.g. "
+                                                  "'crop_scale_min=0.5 lr=1e-3'")
     p.add_argument("--record", type=Path, default=ROOT / "benchmarks" / "results" / "label_efficiency.json",
                    help="where the JSON record goes; the docs' main table follows the default one")
     args = p.parse_args(argv)
@@ -153,9 +157,11 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     cache = args.out / "results.json"
     results = {} if args.force or not cache.exists() else json.loads(cache.read_text())
-    if results.get("steps", args.steps) != args.steps or results.get("ssl_steps", args.ssl_steps) != args.ssl_steps:
-        raise SystemExit(f"{cache} holds other budgets; use another --out or --force")
-    results.update(steps=args.steps, ssl_steps=args.ssl_steps)
+    tuned = args.finetune.split()
+    budget = {"steps": args.steps, "ssl_steps": args.ssl_steps, "finetune": tuned}
+    if any(results.get(k, v) != v for k, v in budget.items()):
+        raise SystemExit(f"{cache} holds other budgets or settings; use another --out or --force")
+    results.update(budget)
 
     def cell(key: str, compute) -> None:
         if key not in results:
@@ -168,7 +174,7 @@ def main(argv=None) -> int:
     for f in fractions:
         for s in seeds:
             if "supervised" in wanted:
-                cell(f"supervised|{f:g}|{s}", lambda: finetune(runs[ssl[0]], f, s, args.steps, "random", args.out))
+                cell(f"supervised|{f:g}|{s}", lambda: finetune(runs[ssl[0]], f, s, args.steps, "random", args.out, tuned))
             for m in ssl:
                 if "linear" in wanted and f"linear:{m}|{f:g}|{s}" not in results:
                     if m not in feats:  # one feature pass serves every share and seed
@@ -176,7 +182,7 @@ def main(argv=None) -> int:
                     for f2 in fractions:
                         cell(f"linear:{m}|{f2:g}|{s}", lambda: probe(feats[m], f2, s))
                 if "finetune" in wanted:
-                    cell(f"finetune:{m}|{f:g}|{s}", lambda: finetune(runs[m], f, s, args.steps, "run", args.out))
+                    cell(f"finetune:{m}|{f:g}|{s}", lambda: finetune(runs[m], f, s, args.steps, "run", args.out, tuned))
             for method in ("pseudo_label", "fixmatch"):
                 if method in wanted:
                     cell(f"{method}|{f:g}|{s}", lambda: semi(method, f, s, args.steps, args.out))

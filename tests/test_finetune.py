@@ -86,6 +86,8 @@ def test_finetune_on_a_balanced_share_learns_and_reports_like_the_other_tasks(si
 @pytest.mark.parametrize("args, message", [
     (("--label-fraction", "1.5"), "label_fraction must be at most 1"),
     (("--label-fraction", "0"), "label_fraction"),
+    (("crop_scale_min=1.5",), "crop_scale_min must be at most 1"),
+    (("crop_scale_min=0",), "crop_scale_min"),
     (("--init", "imagenet"), "init"),
     (("lr=fast",), "lr"),
     (("--task", "knn"), "--task finetune trains a model"),

@@ -42,6 +42,8 @@ FINETUNE_DEFAULTS = set_defaults({k: v for k, v in TRAIN_DEFAULTS.items() if k !
     "label_fraction": Key(1.0, "share of the train split's labels used, the same number from every class", above=0),
     "train_split": Key("train", "split of --data the labelled subset is drawn from"),
     "label_smoothing": Key(0.1, "label smoothing of the cross-entropy", min=0),
+    "crop_scale_min": Key(0.2, "images: smallest random crop in training, as a share of the image area (1: the whole "
+                               "image, flipped at random)", above=0),
     "max_steps": 300,
     "batch_size": 64,
     "lr": 5e-4,
@@ -188,15 +190,16 @@ def load_input(run_dir: Path, cfg: dict, init: str) -> nn.Module:
     return ImageInput(encoder)
 
 
-def input_field(cfg: dict, train: bool):
+def input_field(cfg: dict, train: bool, crop_scale_min: float = 0.2):
     """The field that feeds the run's encoder: its own sizes, with the weak augmentation (random
-    crop and flip, random clip start) in training and centre crops for evaluation."""
+    crop of at least `crop_scale_min` of the area and flip, random clip start) in training and
+    centre crops for evaluation."""
     from ..data import AudioField, ImageField, VideoField, eval_transform, train_transform
 
     kind = modality(cfg)
     if kind == "image":
         size = cfg["image_size"]
-        return ImageField(train_transform(size, scale=(0.2, 1.0)) if train else eval_transform(size))
+        return ImageField(train_transform(size, scale=(crop_scale_min, 1.0)) if train else eval_transform(size))
     if kind == "video":
         v = cfg["video"] if cfg.get("input") == "video" else cfg
         return VideoField(v["num_frames"], v["stride"], v["image_size"], train=train)
@@ -235,8 +238,9 @@ def finetune(run_dir: Path, data: str, split: str, overrides: list[str]) -> tupl
 
     run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     cfg = merge(FINETUNE_DEFAULTS, None, overrides)
-    if cfg["label_fraction"] > 1:
-        raise ConfigError(f"label_fraction must be at most 1, got {cfg['label_fraction']}")
+    for key in ("label_fraction", "crop_scale_min"):
+        if cfg[key] > 1:
+            raise ConfigError(f"{key} must be at most 1, got {cfg[key]}")
     sources = [check_source(data, s, "--data")[0] for s in (cfg["train_split"], split)]
     for s, source in zip((cfg["train_split"], split), sources):
         if not has_labels(source):
@@ -260,7 +264,8 @@ def finetune(run_dir: Path, data: str, split: str, overrides: list[str]) -> tupl
     accelerator.wait_for_everyone()
     # Each worker fills whole batches from its own piece: a small subset gets fewer workers.
     workers = min(cfg["num_workers"], max(1, len(chosen) // cfg["batch_size"]))
-    loader = build_loader(labelled.source, [input_field(run_cfg, True), LabelField()], cfg["batch_size"],
+    train_field = input_field(run_cfg, True, cfg["crop_scale_min"])
+    loader = build_loader(labelled.source, [train_field, LabelField()], cfg["batch_size"],
                           split=labelled.split, num_workers=workers, seed=cfg["seed"], shuffle_buffer=cfg["shuffle_buffer"])
 
     def evaluate(m: Classifier, step: int) -> dict:
