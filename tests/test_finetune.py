@@ -53,6 +53,27 @@ def test_init_run_loads_the_saved_encoder_and_random_builds_the_same_architectur
     assert all(not torch.equal(rand[k], saved[k]) for k in weights)
 
 
+def test_new_weights_follow_the_seed_alone(simclr_run):
+    """The baseline's fresh encoder and every fresh head are drawn from `seed`: the same seed gives the
+    same weights whatever ran before in the process, another seed other weights."""
+    from mmssl.eval.finetune import FINETUNE_DEFAULTS, classifier
+    from mmssl.config import merge
+
+    run_cfg = yaml.safe_load((simclr_run / "config.yaml").read_text())
+
+    def weights(seed: int, init: str) -> dict:
+        torch.rand(seed + 5)  # other work in the process draws random numbers first
+        return classifier(simclr_run, run_cfg, merge(FINETUNE_DEFAULTS, None, [f"seed={seed}", f"init={init}"]),
+                          10).state_dict()
+
+    first, again, other = weights(0, "random"), weights(0, "random"), weights(1, "random")
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    fresh = [k for k in first if k.endswith("weight") and first[k].ndim in (2, 4)]  # convolutions and the head
+    assert fresh and all(not torch.equal(first[k], other[k]) for k in fresh)
+    run0, run1 = weights(0, "run"), weights(1, "run")
+    assert torch.equal(run0["head.weight"], first["head.weight"]) and not torch.equal(run0["head.weight"], run1["head.weight"])
+
+
 def test_finetune_on_a_balanced_share_learns_and_reports_like_the_other_tasks(simclr_run, fashion_shards, tmp_path):
     # 10 labelled images per class from 40; 100 test images. Chance is 10%.
     proc = eval_cli(simclr_run, "--task", "finetune", "--data", fashion_shards, "--split", "test", "--label-fraction",

@@ -227,6 +227,19 @@ def top_k(logits, device, data: str, split: str, field, batch_size: int, classes
     return {"top1": top1 / n, **({"top5": top5 / n} if classes > 5 else {}), "eval_samples": n}
 
 
+def classifier(run_dir: Path, run_cfg: dict, cfg: dict, classes: int) -> Classifier:
+    """The run's encoder (or, with init=random, a fresh one) and a fresh head, their new weights drawn
+    from `cfg['seed']` alone: the same seed starts every fine-tuning run from the same weights, the
+    baseline's seeds differ in initialisation as well as in labels, and at one seed the pretrained
+    and the random-init run start from the same head."""
+    from accelerate.utils import set_seed
+
+    set_seed(cfg["seed"])
+    features = load_input(run_dir, run_cfg, cfg["init"])
+    set_seed(cfg["seed"])  # loading a saved encoder draws fewer numbers than building a fresh one
+    return Classifier(features, features.out_dim, classes, cfg["label_smoothing"])
+
+
 def finetune(run_dir: Path, data: str, split: str, overrides: list[str]) -> tuple[dict, bool]:
     """Fine-tune the encoder of `run_dir` on a labelled share of `data` and score `split`; -> (metrics,
     whether this is the main process, which alone holds the scores)."""
@@ -256,8 +269,7 @@ def finetune(run_dir: Path, data: str, split: str, overrides: list[str]) -> tupl
     if len(chosen) < cfg["batch_size"]:
         print(f"{len(chosen)} labelled samples, fewer than batch_size={cfg['batch_size']}: batch_size={len(chosen)}")
         cfg["batch_size"] = len(chosen)
-    features = load_input(run_dir, run_cfg, cfg["init"])
-    model = Classifier(features, features.out_dim, classes, cfg["label_smoothing"])
+    model = classifier(run_dir, run_cfg, cfg, classes)
     accelerator = start(cfg)
     if accelerator.is_main_process:
         labelled.write(cfg["resume"])
