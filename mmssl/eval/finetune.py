@@ -190,7 +190,7 @@ def load_input(run_dir: Path, cfg: dict, init: str) -> nn.Module:
     return ImageInput(encoder)
 
 
-def input_field(cfg: dict, train: bool, crop_scale_min: float = 0.2):
+def input_field(cfg: dict, train: bool, crop_scale_min: float = FINETUNE_DEFAULTS["crop_scale_min"].default):
     """The field that feeds the run's encoder: its own sizes, with the weak augmentation (random
     crop of at least `crop_scale_min` of the area and flip, random clip start) in training and
     centre crops for evaluation."""
