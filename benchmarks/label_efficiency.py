@@ -132,22 +132,29 @@ def table(results: dict, fractions: list[float], seeds: list[int], ssl: list[str
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--fractions", default="0.01,0.1,1")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--ssl", default="simclr,byol,mae")
-    p.add_argument("--ssl-steps", type=int, default=300)
-    p.add_argument("--rows", default=",".join(ROWS))
-    p.add_argument("--out", type=Path, default=ROOT / "runs" / "label_efficiency")
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--fractions", default="0.01,0.1,1", help="comma-separated shares of the 60,000 training labels")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each draws its own labels and new weights")
+    p.add_argument("--steps", type=int, default=300, help="optimizer steps of every supervised, fine-tuning and "
+                                                           "semi-supervised row")
+    p.add_argument("--ssl", default="simclr,byol,mae", help="comma-separated SSL methods (their demo configs)")
+    p.add_argument("--ssl-steps", type=int, default=300, help="optimizer steps of each SSL run")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows, from {', '.join(ROWS)}")
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "label_efficiency",
+                   help="runs and the cell cache (OUT/results.json); another budget needs another --out")
+    p.add_argument("--force", action="store_true", help="recompute every cell cached in OUT")
     p.add_argument("--finetune", default="", help="space-separated key=value fine-tuning settings for the supervised "
                                                   "and fine-tune rows (python -m mmssl.eval --help-keys), e.g. "
                                                   "'crop_scale_min=0.5 lr=1e-3'")
     p.add_argument("--record", type=Path, default=ROOT / "benchmarks" / "results" / "label_efficiency.json",
                    help="where the JSON record goes; the docs' main table follows the default one")
     args = p.parse_args(argv)
-    fractions = [float(f) for f in args.fractions.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
+    try:
+        fractions = [float(f) for f in args.fractions.split(",")]
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError as e:
+        p.error(f"--fractions takes numbers, --seeds integers, comma-separated: {e}")
+    if not all(0 < f <= 1 for f in fractions) or min(args.steps, args.ssl_steps) < 1:
+        p.error("--fractions must lie in (0, 1], --steps and --ssl-steps must be at least 1")
     ssl = args.ssl.split(",")
     wanted = set(args.rows.split(","))
     if wanted - set(ROWS):

@@ -131,14 +131,15 @@ def probe_sizes(out: Path, rows: list[str], seeds: list[int], sizes: list[int], 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=500)
+    p.add_argument("--steps", type=int, default=500, help="optimizer steps of every pretext run")
     p.add_argument("--seeds", default="0", help="comma-separated seeds; every method trains once per seed")
     p.add_argument("--methods", default=",".join(ROWS), help=f"rows to train, from {', '.join(ROWS)}")
     p.add_argument("--random-seeds", type=int, default=4, help="random-init ResNets probed, seeds 0 to N-1")
     p.add_argument("--n-perms", type=int, default=N_PERMS,
                    help="permutations in each jigsaw set (the paper trains on 100; its Hamming table uses 1000)")
-    p.add_argument("--out", type=Path, default=Path("runs/pretext_table"))
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--out", type=Path, default=Path("runs/pretext_table"),
+                   help="runs and the cache (OUT/results.json); a row cached with other --steps or --n-perms trains again")
+    p.add_argument("--force", action="store_true", help="retrain every run cached in OUT")
     p.add_argument("--probe-sizes", default="",
                    help="comma-separated image sizes in px: probe OUT's trained encoders of --methods and --seeds "
                         "at each (trains nothing; needs --record elsewhere than the default)")
