@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     tuned = args.finetune.split()
     budget = {"steps": args.steps, "ssl_steps": args.ssl_steps, "finetune": tuned}
     if any(results.get(k, v) != v for k, v in budget.items()):
-        raise SystemExit(f"{cache} holds other budgets or settings; use another --out or --force")
+        p.error(f"{cache} holds other budgets or settings; use another --out or --force")
     results.update(budget)
 
     def cell(key: str, compute) -> None:
