@@ -148,6 +148,8 @@ def main(argv=None) -> int:
     p.add_argument("--record", type=Path, default=ROOT / "benchmarks" / "results" / "label_efficiency.json",
                    help="where the JSON record goes; the docs' main table follows the default one")
     args = p.parse_args(argv)
+    args.out, args.record = args.out.resolve(), args.record.resolve()
+    os.chdir(ROOT)  # DATA and the commands it runs are relative to the repository root
     try:
         fractions = [float(f) for f in args.fractions.split(",")]
         seeds = [int(s) for s in args.seeds.split(",")]
