@@ -74,6 +74,26 @@ def test_new_weights_follow_the_seed_alone(simclr_run):
     assert torch.equal(run0["head.weight"], first["head.weight"]) and not torch.equal(run0["head.weight"], run1["head.weight"])
 
 
+def test_encoder_lr_scale_moves_the_encoder_by_that_share_of_the_head(simclr_run):
+    """AdamW's first update moves each weight with a gradient by about its group's rate, so the
+    encoder's median step is `encoder_lr_scale` times the head's."""
+    from mmssl.config import merge
+    from mmssl.eval.finetune import FINETUNE_DEFAULTS, classifier
+    from mmssl.optim import build_optimizer
+
+    run_cfg = yaml.safe_load((simclr_run / "config.yaml").read_text())
+    model = classifier(simclr_run, run_cfg, merge(FINETUNE_DEFAULTS, None, ["encoder_lr_scale=0.1"]), 10)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    optimizer = build_optimizer(model, "adamw", 1e-3, 0.0, lr_multipliers=model.lr_multipliers)
+    size = run_cfg["image_size"]
+    model({"image": torch.randn(8, 3, size, size), "label": torch.arange(8)})["loss"].backward()
+    optimizer.step()
+    step = {k: (v.detach() - before[k]).abs() for k, v in model.named_parameters()}
+    moved = lambda prefix: torch.cat([d[d > 0] for k, d in step.items() if k.startswith(prefix)]).median().item()
+    assert moved("head.") == pytest.approx(1e-3, rel=0.05)
+    assert moved("features.") == pytest.approx(1e-4, rel=0.05)
+
+
 def test_finetune_on_a_balanced_share_learns_and_reports_like_the_other_tasks(simclr_run, fashion_shards, tmp_path):
     # 10 labelled images per class from 40; 100 test images. Chance is 10%.
     proc = eval_cli(simclr_run, "--task", "finetune", "--data", fashion_shards, "--split", "test", "--label-fraction",

@@ -42,6 +42,8 @@ FINETUNE_DEFAULTS = set_defaults({k: v for k, v in TRAIN_DEFAULTS.items() if k !
     "label_fraction": Key(1.0, "share of the train split's labels used, the same number from every class", above=0),
     "train_split": Key("train", "split of --data the labelled subset is drawn from"),
     "label_smoothing": Key(0.1, "label smoothing of the cross-entropy", min=0),
+    "encoder_lr_scale": Key(1.0, "the encoder's learning rate as a share of lr (the head's); below 1 moves a "
+                                 "pretrained encoder less", above=0),
     "crop_scale_min": Key(0.2, "images: smallest random crop in training, as a share of the image area (1: the whole "
                                "image, flipped at random)", above=0),
     "max_steps": 300,
@@ -57,11 +59,14 @@ FINETUNE_DEFAULTS = set_defaults({k: v for k, v in TRAIN_DEFAULTS.items() if k !
 
 
 class Classifier(nn.Module):
-    """features: batch -> [B, D]; a fresh linear head -> logits [B, classes]; cross-entropy on `label`."""
+    """features: batch -> [B, D]; a fresh linear head -> logits [B, classes]; cross-entropy on `label`.
+    The encoder learns at `encoder_lr_scale` times the head's rate."""
 
-    def __init__(self, features: nn.Module, dim: int, classes: int, label_smoothing: float = 0.0):
+    def __init__(self, features: nn.Module, dim: int, classes: int, label_smoothing: float = 0.0,
+                 encoder_lr_scale: float = 1.0):
         super().__init__()
         self.features, self.head, self.label_smoothing = features, nn.Linear(dim, classes), label_smoothing
+        self.lr_multipliers = {"features": encoder_lr_scale}  # read by mmssl.train.fit
 
     def logits(self, batch: dict) -> torch.Tensor:
         return self.head(self.features(batch))
@@ -237,7 +242,7 @@ def classifier(run_dir: Path, run_cfg: dict, cfg: dict, classes: int) -> Classif
     set_seed(cfg["seed"])
     features = load_input(run_dir, run_cfg, cfg["init"])
     set_seed(cfg["seed"])  # loading a saved encoder draws fewer numbers than building a fresh one
-    return Classifier(features, features.out_dim, classes, cfg["label_smoothing"])
+    return Classifier(features, features.out_dim, classes, cfg["label_smoothing"], cfg["encoder_lr_scale"])
 
 
 def finetune(run_dir: Path, data: str, split: str, overrides: list[str]) -> tuple[dict, bool]:
