@@ -89,7 +89,10 @@ def test_encoder_lr_scale_moves_the_encoder_by_that_share_of_the_head(simclr_run
     model({"image": torch.randn(8, 3, size, size), "label": torch.arange(8)})["loss"].backward()
     optimizer.step()
     step = {k: (v.detach() - before[k]).abs() for k, v in model.named_parameters()}
-    moved = lambda prefix: torch.cat([d[d > 0] for k, d in step.items() if k.startswith(prefix)]).median().item()
+
+    def moved(prefix: str) -> float:
+        return torch.cat([d[d > 0] for k, d in step.items() if k.startswith(prefix)]).median().item()
+
     assert moved("head.") == pytest.approx(1e-3, rel=0.05)
     assert moved("features.") == pytest.approx(1e-4, rel=0.05)
 
