@@ -37,6 +37,20 @@ def require(path: Path, package: str) -> Path:
     return path
 
 
+def train_steps(model, loader, steps: int, **adamw) -> None:
+    """`steps` AdamW updates of `model` on `loader`'s endless stream (the pretext learning tests)."""
+    import itertools
+
+    import torch
+
+    opt = torch.optim.AdamW(model.parameters(), **adamw)
+    for batch in itertools.islice(loader.forever(), steps):
+        loss = model(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
 def make_shards(*args, check=True) -> subprocess.CompletedProcess:
     """Run tools/make_shards.py as users do, in a subprocess."""
     cmd = [sys.executable, str(ROOT / "tools" / "make_shards.py"), *map(str, args), "--no-progress"]

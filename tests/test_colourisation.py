@@ -4,12 +4,12 @@ encoder that keeps reading lightness after it is saved, and that it learns the c
 colour emoji."""
 from __future__ import annotations
 
-import itertools
 import math
 
 import pytest
 import torch
 
+from conftest import train_steps
 from mmssl.models.colour import LightnessEncoder, ab_gamut, lab_to_rgb, rgb_to_lab
 from mmssl.models.encoders import build_encoder
 from mmssl.objectives.colourisation import Colourisation, annealed_mean, colourisation_loss, rebalancing_weights, \
@@ -97,12 +97,7 @@ def test_it_predicts_held_out_colours_better_than_any_fixed_colour_distribution(
     test = next(iter(build_loader(str(emoji_shards), [ImageField(eval_transform(32))], 1000, split="test",
                                   shuffle=False, drop_last=False, num_workers=0)))["image"]
     model = Colourisation(build_encoder(RESNET_32PX), 32, decoder_dim=128)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for batch in itertools.islice(train.forever(), 200):
-        loss = model(batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_steps(model, train, 200, lr=2e-3)
     model.eval()
     with torch.no_grad():
         _, ab = model.targets(test)

@@ -7,6 +7,7 @@ import itertools
 import pytest
 import torch
 
+from conftest import train_steps
 from mmssl.data import ImageField, build_loader, eval_transform
 from mmssl.models.encoders import build_encoder
 from mmssl.models.heads import decoder_plan
@@ -54,12 +55,7 @@ def test_it_paints_held_out_images_better_than_their_own_mean_colour(fashion_sha
     test = next(iter(build_loader(str(fashion_shards), [ImageField(eval_transform(32))], 100, split="test",
                                   shuffle=False, drop_last=False, num_workers=0)))["image"]
     model = ContextEncoder(build_encoder(RESNET_32PX), 32, mask=shape, decoder_dim=128)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for batch in itertools.islice(train.forever(), 80):
-        loss = model(batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_steps(model, train, 80, lr=2e-3)
     model.eval()
     with torch.no_grad():
         mask = model.hide(test)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import train_steps
 from mmssl.objectives.relative_position import CENTRE, NEIGHBOURS, RelativePosition, guard_colour
 
 
@@ -64,8 +65,6 @@ def test_colour_guard_drops_two_channels_or_greys():
 def test_relative_position_learns_where_held_out_patches_lie(fashion_shards):
     """60 steps on real Fashion-MNIST: the 8-way position of held-out images' patches is named well
     above chance (1/8)."""
-    import itertools
-
     from mmssl.data import ImageField, build_loader, eval_transform, train_transform
     from mmssl.models.encoders import build_encoder
     from mmssl.recipe_image import RESNET_32PX
@@ -75,12 +74,7 @@ def test_relative_position_learns_where_held_out_patches_lie(fashion_shards):
     test = next(iter(build_loader(str(fashion_shards), [ImageField(eval_transform(32))], 100, split="test",
                                   shuffle=False, drop_last=False, num_workers=0, rank=0, world_size=1)))["image"]
     model = RelativePosition(build_encoder(RESNET_32PX), crop=0.75, patch_size=16, hidden_dim=256, colour_guard="none")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    for batch in itertools.islice(train.forever(), 60):
-        loss = model(batch)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    train_steps(model, train, 60, lr=1e-3, weight_decay=1e-4)
     model.eval()
     with torch.no_grad():  # 10 draws of pairs from each of the 100 test images
         acc = sum(float(model({"image": test})["accuracy"]) for _ in range(10)) / 10
