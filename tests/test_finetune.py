@@ -97,6 +97,48 @@ def test_encoder_lr_scale_moves_the_encoder_by_that_share_of_the_head(simclr_run
     assert moved("features.") == pytest.approx(1e-4, rel=0.05)
 
 
+def test_probe_head_folds_the_standardisation_into_a_head_that_predicts_as_the_probe():
+    from mmssl.eval.linear_probe import linear_probe, probe_head
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 32, generator=g) * torch.linspace(0.1, 5, 32) + 3  # features of unequal scales, off centre
+    y = (x @ torch.randn(32, 4, generator=g) + torch.randn(400, 4, generator=g) * 3).argmax(1)
+    head = probe_head(x[:300], y[:300], 4, seed=1)
+    scores = linear_probe(x[:300], y[:300], x[300:], y[300:], seed=1)
+    with torch.no_grad():
+        assert (head(x[300:]).argmax(1) == y[300:]).float().mean().item() == pytest.approx(scores["linear_top1"])
+        assert (head(x[:300]).argmax(1) == y[:300]).float().mean().item() == pytest.approx(scores["linear_train_top1"])
+    assert 0.6 < scores["linear_top1"] < 1  # a task the probe learns, not one it gets all right or all wrong
+
+
+def test_head_init_probe_starts_fine_tuning_where_the_linear_probe_ends(simclr_run, fashion_shards, tmp_path):
+    """LP-FT: with the rate near zero, the held-out score is the linear probe's on the labelled features
+    (the head is that probe), where a fresh head is at chance."""
+    from mmssl.eval.linear_probe import linear_probe
+    from mmssl.eval.tasks import _loader
+
+    top1 = {}
+    for head in ("random", "probe"):
+        proc = eval_cli(simclr_run, "--task", "finetune", "--data", fashion_shards, "--split", "test",
+                        "--label-fraction", "0.25", "--seed", "3", "max_steps=1", "lr=1e-9", "batch_size=50",
+                        "num_workers=0", f"head_init={head}", f"output_dir={tmp_path / head}")
+        top1[head] = json.loads(proc.stdout.strip().splitlines()[-1])["finetune_top1"]
+    # The same probe, computed here from the frozen encoder's features.
+    from mmssl.eval.backbone_model import BackboneEval
+    from mmssl.eval.features import extract
+    from mmssl.models.encoders import build_encoder
+
+    model = BackboneEval(build_encoder({"name": str(simclr_run / "encoder")}).eval())
+    size = yaml.safe_load((simclr_run / "config.yaml").read_text())["image_size"]
+    feats = {s: extract(_loader(str(p), s, size, False, True, 50, 0), lambda b: model.image_features(b["image"]))
+             for s, p in (("train", tmp_path / "probe" / "subset"), ("test", fashion_shards))}
+    probe = linear_probe(feats["train"]["features"], feats["train"]["label"], feats["test"]["features"],
+                         feats["test"]["label"], seed=3)["linear_top1"]
+    # measured 0.53 for both, and 0.09 for the fresh head
+    assert top1["probe"] == pytest.approx(probe, abs=0.02) and top1["probe"] >= 0.4, (top1, probe)
+    assert top1["random"] <= 0.25, top1
+
+
 def test_finetune_on_a_balanced_share_learns_and_reports_like_the_other_tasks(simclr_run, fashion_shards, tmp_path):
     # 10 labelled images per class from 40; 100 test images. Chance is 10%.
     proc = eval_cli(simclr_run, "--task", "finetune", "--data", fashion_shards, "--split", "test", "--label-fraction",

@@ -44,6 +44,10 @@ FINETUNE_DEFAULTS = set_defaults({k: v for k, v in TRAIN_DEFAULTS.items() if k !
     "label_smoothing": Key(0.1, "label smoothing of the cross-entropy", min=0),
     "encoder_lr_scale": Key(1.0, "the encoder's learning rate as a share of lr (the head's); below 1 moves a "
                                  "pretrained encoder less", above=0),
+    "head_init": Key("random", "random: a freshly drawn head; probe: the head starts as a linear probe fitted on the "
+                               "frozen encoder's features of the labelled samples (LP-FT, Kumar et al. 2022, "
+                               "https://arxiv.org/abs/2202.10054), so early steps do not send a random head's errors "
+                               "into a pretrained encoder", choices=("random", "probe")),
     "crop_scale_min": Key(0.2, "images: smallest random crop in training, as a share of the image area (1: the whole "
                                "image, flipped at random)", above=0),
     "max_steps": 300,
@@ -245,6 +249,22 @@ def classifier(run_dir: Path, run_cfg: dict, cfg: dict, classes: int) -> Classif
     return Classifier(features, features.out_dim, classes, cfg["label_smoothing"], cfg["encoder_lr_scale"])
 
 
+def probed_head(model: Classifier, labelled, field, cfg: dict, device) -> None:
+    """Replace `model.head` by a linear probe on the frozen encoder's features of every labelled sample
+    (evaluation preprocessing, eval mode). Every process computes the same head from the same samples."""
+    from ..data import LabelField, build_loader
+    from .features import extract
+    from .linear_probe import probe_head
+
+    loader = build_loader(labelled.source, [field, LabelField()], cfg["batch_size"], split=labelled.split,
+                          shuffle=False, drop_last=False, num_workers=0, rank=0, world_size=1)
+    model.to(device).eval()
+    feats = extract(loader, model.features, device)
+    model.train()
+    head = probe_head(feats["features"], feats["label"], model.head.out_features, seed=cfg["seed"])
+    model.head.load_state_dict(head.state_dict())
+
+
 def finetune(run_dir: Path, data: str, split: str, overrides: list[str]) -> tuple[dict, bool]:
     """Fine-tune the encoder of `run_dir` on a labelled share of `data` and score `split`; -> (metrics,
     whether this is the main process, which alone holds the scores)."""
@@ -284,6 +304,9 @@ def finetune(run_dir: Path, data: str, split: str, overrides: list[str]) -> tupl
     train_field = input_field(run_cfg, True, cfg["crop_scale_min"])
     loader = build_loader(labelled.source, [train_field, LabelField()], cfg["batch_size"],
                           split=labelled.split, num_workers=workers, seed=cfg["seed"], shuffle_buffer=cfg["shuffle_buffer"])
+
+    if cfg["head_init"] == "probe":
+        probed_head(model, labelled, input_field(run_cfg, False), cfg, accelerator.device)
 
     def evaluate(m: Classifier, step: int) -> dict:
         scores = top_k(m.logits, next(m.parameters()).device, data, split, input_field(run_cfg, False), cfg["batch_size"], classes)
