@@ -111,11 +111,18 @@ def test_probe_head_folds_the_standardisation_into_a_head_that_predicts_as_the_p
     assert 0.6 < scores["linear_top1"] < 1  # a task the probe learns, not one it gets all right or all wrong
 
 
-def test_head_init_probe_starts_fine_tuning_where_the_linear_probe_ends(simclr_run, fashion_shards, tmp_path):
-    """LP-FT: with the rate near zero, the held-out score is the linear probe's on the labelled features
-    (the head is that probe), where a fresh head is at chance."""
-    from mmssl.eval.linear_probe import linear_probe
+def test_head_init_probe_starts_fine_tuning_from_the_probe_of_the_labelled_features(simclr_run, fashion_shards,
+                                                                                    tmp_path):
+    """LP-FT: with the rate near zero the saved head is the linear probe fitted here on the frozen
+    encoder's features of the labelled samples (with the fine-tuning's label smoothing), and it
+    scores well above a fresh head, which is at chance."""
+    from safetensors.torch import load_file
+
+    from mmssl.eval.backbone_model import BackboneEval
+    from mmssl.eval.features import extract
+    from mmssl.eval.linear_probe import probe_head
     from mmssl.eval.tasks import _loader
+    from mmssl.models.encoders import build_encoder
 
     top1 = {}
     for head in ("random", "probe"):
@@ -123,20 +130,16 @@ def test_head_init_probe_starts_fine_tuning_where_the_linear_probe_ends(simclr_r
                         "--label-fraction", "0.25", "--seed", "3", "max_steps=1", "lr=1e-9", "batch_size=50",
                         "num_workers=0", f"head_init={head}", f"output_dir={tmp_path / head}")
         top1[head] = json.loads(proc.stdout.strip().splitlines()[-1])["finetune_top1"]
-    # The same probe, computed here from the frozen encoder's features.
-    from mmssl.eval.backbone_model import BackboneEval
-    from mmssl.eval.features import extract
-    from mmssl.models.encoders import build_encoder
-
     model = BackboneEval(build_encoder({"name": str(simclr_run / "encoder")}).eval())
     size = yaml.safe_load((simclr_run / "config.yaml").read_text())["image_size"]
-    feats = {s: extract(_loader(str(p), s, size, False, True, 50, 0), lambda b: model.image_features(b["image"]))
-             for s, p in (("train", tmp_path / "probe" / "subset"), ("test", fashion_shards))}
-    probe = linear_probe(feats["train"]["features"], feats["train"]["label"], feats["test"]["features"],
-                         feats["test"]["label"], seed=3)["linear_top1"]
-    # measured 0.53 for both, and 0.09 for the fresh head
-    assert top1["probe"] == pytest.approx(probe, abs=0.02) and top1["probe"] >= 0.4, (top1, probe)
-    assert top1["random"] <= 0.25, top1
+    feats = extract(_loader(str(tmp_path / "probe" / "subset"), "train", size, False, True, 50, 0),
+                    lambda b: model.image_features(b["image"]))
+    expected = probe_head(feats["features"], feats["label"], 10, seed=3, label_smoothing=0.1).state_dict()
+    saved = load_file(str(tmp_path / "probe" / "encoder" / "head.safetensors"))
+    assert all(torch.allclose(saved[k], expected[k], atol=1e-4) for k in ("weight", "bias"))
+    # measured 0.36 and 0.09 (the training step's batch statistics move the barely trained encoder's
+    # BatchNorm averages, so the probe's own score on these features, 0.48, is not reproduced)
+    assert top1["probe"] >= 0.25 and top1["random"] <= 0.15, top1
 
 
 def test_finetune_on_a_balanced_share_learns_and_reports_like_the_other_tasks(simclr_run, fashion_shards, tmp_path):

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 
 def _logistic(x: torch.Tensor, labels: torch.Tensor, classes: int, epochs: int, lr: float, weight_decay: float,
-              seed: int) -> torch.nn.Linear:
+              seed: int, label_smoothing: float = 0.0) -> torch.nn.Linear:
     """Full-batch AdamW on cross-entropy, cosine schedule; x [N, D] (standardised) -> Linear(D, classes)."""
     gen = torch.Generator().manual_seed(seed)
     layer = torch.nn.Linear(x.shape[1], classes)
@@ -18,7 +18,7 @@ def _logistic(x: torch.Tensor, labels: torch.Tensor, classes: int, epochs: int, 
     with torch.enable_grad():
         for _ in range(epochs):
             opt.zero_grad()
-            F.cross_entropy(layer(x), labels).backward()
+            F.cross_entropy(layer(x), labels, label_smoothing=label_smoothing).backward()
             opt.step()
             sched.step()
     return layer
@@ -41,11 +41,14 @@ def linear_probe(train, train_labels, test, test_labels, epochs: int = 300, lr: 
 
 
 def probe_head(features: torch.Tensor, labels: torch.Tensor, classes: int, epochs: int = 300, lr: float = 0.1,
-               weight_decay: float = 1e-4, seed: int = 0) -> torch.nn.Linear:
+               weight_decay: float = 1e-4, seed: int = 0, label_smoothing: float = 0.0) -> torch.nn.Linear:
     """The linear probe as a layer on the raw features [N, D] -> [N, classes]: the standardisation is
-    folded into its weights, so it can stand in for a classifier's head."""
+    folded into its weights, so it can stand in for a classifier's head. With `label_smoothing`, the
+    probe minimises the smoothed cross-entropy a fine-tuning run goes on to minimise: on separable
+    features plain cross-entropy has no minimum and the probe's logits grow without bound, which
+    the smoothed loss then pulls back down through the encoder."""
     mean, std = _standardise(features)
-    layer = _logistic((features - mean) / std, labels, classes, epochs, lr, weight_decay, seed)
+    layer = _logistic((features - mean) / std, labels, classes, epochs, lr, weight_decay, seed, label_smoothing)
     head = torch.nn.Linear(features.shape[1], classes)
     with torch.no_grad():
         head.weight.copy_(layer.weight / std)
