@@ -45,9 +45,9 @@ FINETUNE_DEFAULTS = set_defaults({k: v for k, v in TRAIN_DEFAULTS.items() if k !
     "encoder_lr_scale": Key(1.0, "the encoder's learning rate as a share of lr (the head's); below 1 moves a "
                                  "pretrained encoder less", above=0),
     "head_init": Key("random", "random: a freshly drawn head; probe: the head starts as a linear probe fitted, on the "
-                               "fine-tuning's loss, to the frozen encoder's features of the labelled samples (LP-FT, Kumar et al. 2022, "
-                               "https://arxiv.org/abs/2202.10054), so early steps do not send a random head's errors "
-                               "into a pretrained encoder", choices=("random", "probe")),
+                               "fine-tuning's loss, to the frozen encoder's features of the labelled samples (LP-FT, "
+                               "Kumar et al. 2022, https://arxiv.org/abs/2202.10054), so early steps do not send a "
+                               "random head's errors into a pretrained encoder", choices=("random", "probe")),
     "crop_scale_min": Key(0.2, "images: smallest random crop in training, as a share of the image area (1: the whole "
                                "image, flipped at random)", above=0),
     "max_steps": 300,
