@@ -178,7 +178,10 @@ def main(argv=None) -> int:
             cache.write_text(json.dumps(results, indent=1))
             print(f"{key}: {100 * results[key]:.1f}%", flush=True)
 
-    runs = {m: ssl_run(args.out, m, args.ssl_steps) for m in ssl}
+    # The semi-supervised rows from random weights need no SSL run; every other row reads one (the
+    # supervised row its encoder's architecture and preprocessing).
+    needs_ssl = wanted & {"supervised", "linear", "finetune", "fixmatch_init"}
+    runs = {m: ssl_run(args.out, m, args.ssl_steps) for m in ssl} if needs_ssl else {}
     feats: dict[str, dict] = {}  # frozen features of each SSL run, extracted once
     for f in fractions:
         for s in seeds:
