@@ -20,7 +20,8 @@ labelled and 7 x 32 unlabelled ones for the semi-supervised methods):
 The SSL runs are the demo configs at --ssl-steps on the whole train split (no labels). Builds
 the shards first if needed (tools/build_fashion_mnist.py --train-per-class 6000: the official
 splits). Caches every cell in OUT/results.json (--force recomputes), writes OUT/table.md and the
-record benchmarks/results/label_efficiency.json.
+record benchmarks/results/label_efficiency.json. Below the table: FixMatch's diagnostics (mask_rate,
+pseudo_acc, unlabelled_acc) from each semi-supervised run's last log window.
 """
 from __future__ import annotations
 
@@ -68,10 +69,20 @@ def finetune(ssl: Path, fraction: float, seed: int, steps: int, init: str, out: 
     return json.loads(stdout.strip().splitlines()[-1])["finetune_top1"]
 
 
+# row: (objective, from the SSL init, extra keys)
+SEMI = {"fixmatch_supervised": ("fixmatch", False, ("fixmatch.lambda_u=0",)),
+        "pseudo_label": ("pseudo_label", False, ()), "fixmatch": ("fixmatch", False, ()),
+        "fixmatch_init": ("fixmatch", True, ())}
+
+
+def semi_folder(out: Path, method: str, fraction: float, seed: int, init: bool, extra: tuple[str, ...]) -> Path:
+    tag = ("_init" if init else "") + ("_" + "_".join(extra).replace("=", "") if extra else "")
+    return out / "semi" / f"{method}{tag}_{fraction:g}_seed{seed}"
+
+
 def semi(method: str, fraction: float, seed: int, steps: int, out: Path, init: Path | None = None,
          extra: tuple[str, ...] = ()) -> float:
-    tag = ("_init" if init else "") + ("_" + "_".join(extra).replace("=", "") if extra else "")
-    folder = out / "semi" / f"{method}{tag}_{fraction:g}_seed{seed}"
+    folder = semi_folder(out, method, fraction, seed, init is not None, extra)
     run([sys.executable, "recipes/fixmatch.py", "--config", "recipes/configs/fixmatch_demo.yaml", f"objective={method}",
          f"output_dir={folder}", f"data.train={DATA}", f"data.val={DATA}", f"labels.fraction={fraction}", f"seed={seed}",
          f"max_steps={steps}", "eval_every=0", "save_every=0", "tensorboard=false", "overwrite=true",
@@ -104,6 +115,43 @@ def probe(feats: dict, fraction: float, seed: int) -> float:
     rows = torch.tensor([k in chosen for k in train["key"]])
     return linear_probe(train["features"][rows], train["label"][rows], test["features"], test["label"],
                         seed=seed)["linear_top1"]
+
+
+def diagnostics(out: Path, fractions: list[float], seeds: list[int], wanted: set[str]) -> dict:
+    """FixMatch's diagnostics in each semi-supervised run's last log window: {row|fraction|seed: {mask_rate,
+    pseudo_acc, unlabelled_acc}} (the share of unlabelled images above the threshold, the share of those
+    pseudo-labels that are right, the prediction's accuracy on all unlabelled images)."""
+    found = {}
+    for row, (method, init, extra) in SEMI.items():
+        for f in fractions if row in wanted else ():
+            for s in seeds:
+                log = semi_folder(out, method, f, s, init, extra) / "metrics.jsonl"
+                rows = [json.loads(ln) for ln in log.read_text().splitlines()] if log.exists() else []
+                last = [r for r in rows if "mask_rate" in r][-1:]
+                if last:
+                    found[f"{row}|{f:g}|{s}"] = {k: last[0][k] for k in ("mask_rate", "pseudo_acc", "unlabelled_acc")}
+    return found
+
+
+def diagnostics_table(found: dict, fractions: list[float], seeds: list[int]) -> str:
+    names = {"fixmatch_supervised": "FixMatch's recipe with lambda_u = 0", "pseudo_label": "Pseudo-Label",
+             "fixmatch": "FixMatch", "fixmatch_init": "FixMatch from an SSL init"}
+    lines = []
+    for row, name in names.items():
+        cells = []
+        for f in fractions:
+            got = [found[k] for k in (f"{row}|{f:g}|{s}" for s in seeds) if k in found]
+            keys = ("mask_rate", "pseudo_acc", "unlabelled_acc")
+            cells.append(" / ".join(f"{statistics.mean(g[k] for g in got):.2f}" for k in keys) if got else "not run")
+        if any(c != "not run" for c in cells):
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    head = ["", "Last log window of each semi-supervised run, mean over seeds: mask_rate / pseudo_acc / "
+                "unlabelled_acc (share of unlabelled images above the threshold / share of those pseudo-labels "
+                "right / accuracy of the prediction on every unlabelled image).", "",
+            "| run | " + " | ".join(f"{f:.0%} labels" for f in fractions) + " |", "|---" * (len(fractions) + 1) + "|"]
+    return "\n".join(head + lines) + "\n"
 
 
 def table(results: dict, fractions: list[float], seeds: list[int], ssl: list[str], wanted: set[str]) -> str:
@@ -195,12 +243,11 @@ def main(argv=None) -> int:
                         cell(f"linear:{m}|{f2:g}|{s}", lambda: probe(feats[m], f2, s))
                 if "finetune" in wanted:
                     cell(f"finetune:{m}|{f:g}|{s}", lambda: finetune(runs[m], f, s, args.steps, "run", args.out, tuned))
-            for method in ("pseudo_label", "fixmatch"):
-                if method in wanted:
-                    cell(f"{method}|{f:g}|{s}", lambda: semi(method, f, s, args.steps, args.out))
-            if "fixmatch_supervised" in wanted:  # the same recipe, nothing learnt from unlabelled images
-                cell(f"fixmatch_supervised|{f:g}|{s}",
-                     lambda: semi("fixmatch", f, s, args.steps, args.out, extra=("fixmatch.lambda_u=0",)))
+            # fixmatch_supervised: the same recipe, nothing learnt from unlabelled images
+            for row in ("pseudo_label", "fixmatch", "fixmatch_supervised"):
+                method, _, extra = SEMI[row]
+                if row in wanted:
+                    cell(f"{row}|{f:g}|{s}", lambda: semi(method, f, s, args.steps, args.out, extra=extra))
     if "fixmatch_init" in wanted:
         linear = {m: statistics.mean(v for k, v in results.items() if k.startswith(f"linear:{m}|{fractions[0]:g}|"))
                   for m in ssl if any(k.startswith(f"linear:{m}|") for k in results)}
@@ -209,10 +256,11 @@ def main(argv=None) -> int:
         for f in fractions:
             for s in seeds:
                 cell(f"fixmatch_init|{f:g}|{s}", lambda: semi("fixmatch", f, s, args.steps, args.out, runs[best]))
-    text = table(results, fractions, seeds, ssl, wanted)
+    found = diagnostics(args.out, fractions, seeds, wanted)
+    text = table(results, fractions, seeds, ssl, wanted) + diagnostics_table(found, fractions, seeds)
     (args.out / "table.md").write_text(text)
     print(text)
-    write_record(args.record, table=text, results=results,
+    write_record(args.record, table=text, results=results, diagnostics=found,
                  data=DATA, fractions=fractions, seeds=seeds)
     return 0
 
