@@ -21,8 +21,8 @@ from pathlib import Path
 
 from mmssl.cli import run_main
 from mmssl.config import ConfigError, Key, chosen, constructor_keys, from_cli, set_defaults
-from mmssl.data import ImageField, LabelField, TwoViews, ZippedLoaders, eval_transform, strong_augment, training_loader, \
-    weak_augment
+from mmssl.data import ImageField, LabelField, TwoViews, ZippedLoaders, strong_augment, training_loader, weak_augment, \
+    weak_eval_transform
 from mmssl.data.subset import LabelledSubset
 from mmssl.eval.finetune import top_k
 from mmssl.models.encoders import build_encoder, save_image_processor
@@ -103,10 +103,11 @@ def main(argv=None) -> int:
     def evaluate(model, step):
         ema = model.classifier.ema
         return top_k(lambda batch: ema(batch["image"]), next(ema.parameters()).device, cfg["data"]["val"],
-                     cfg["eval_split"], ImageField(eval_transform(size)), 256, labelled.classes)
+                     cfg["eval_split"], ImageField(weak_eval_transform(size)), 256, labelled.classes)
 
+    # The saved processor frames images as that evaluation does, for transformers and python -m mmssl.eval.
     fit(accelerator, cfg, objective, loader, evaluate,
-        preprocessors={"": lambda d: save_image_processor(d, size)})
+        preprocessors={"": lambda d: save_image_processor(d, size, resize=size)})
     return 0
 
 

@@ -24,23 +24,25 @@ def real_photos(n: int) -> list[bytes]:
     return out
 
 
-@pytest.mark.parametrize("size", [32, 64, 224])
-def test_pipeline_features_match_mmssl_eval(tmp_path, size):
+@pytest.mark.parametrize("size, resize", [(32, None), (64, None), (224, None), (32, 32)])
+def test_pipeline_features_match_mmssl_eval(tmp_path, size, resize):
+    """The saved processor frames an image as mmssl's evaluation does: by default a zoom of 1 / 0.875
+    before the centre crop, or (FixMatch's runs) `resize` = the crop, no zoom."""
     from transformers import AutoImageProcessor, pipeline
 
     from mmssl.config import plain
     from mmssl.data.image import decode_image, eval_transform
     from mmssl.eval.backbone_model import BackboneEval
-    from mmssl.models.encoders import build_encoder, save_image_processor
+    from mmssl.models.encoders import build_encoder, save_image_processor, saved_resize
     from mmssl.recipe_image import RESNET_32PX
 
     torch.manual_seed(size)
     build_encoder(plain(RESNET_32PX)).save_pretrained(tmp_path)
-    assert save_image_processor(tmp_path, size)
+    assert save_image_processor(tmp_path, size, resize) and saved_resize(tmp_path) == (resize or round(size / 0.875))
     assert type(AutoImageProcessor.from_pretrained(tmp_path)).__name__.startswith("ConvNextImageProcessor")
     model = BackboneEval(build_encoder({"name": str(tmp_path), "freeze": True}))  # as python -m mmssl.eval loads it
     extract = pipeline("image-feature-extraction", model=str(tmp_path), device="cpu")
-    transform = eval_transform(size)
+    transform = eval_transform(size, resize)
     for data in real_photos(12):
         ours = model.image_features(transform(decode_image(data)).unsqueeze(0))[0]
         theirs = torch.tensor(np.asarray(extract(Image.open(io.BytesIO(data)), pool=True))).flatten()

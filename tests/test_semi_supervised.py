@@ -148,3 +148,35 @@ def test_unlabelled_data_is_refused_for_labels_but_kept_as_the_unlabelled_stream
     assert unlabelled == {"data/unlabelled/samples": 24, "data/unlabelled/dropped_tail": 6}, end
     logs = [r for r in records if "unlabelled_acc" in r]
     assert len(logs) == 3 and all(r["unlabelled_acc"] == 0 and r["pseudo_acc"] == 0 for r in logs)  # none known
+
+
+def test_the_average_is_scored_and_saved_with_the_framing_its_training_views_have(fashion_shards, tmp_path):
+    """The weak view shifts the whole image and never zooms; the score, the saved image processor and
+    `python -m mmssl.eval` frame images the same way (the usual eval crop zooms in by 1 / 0.875, a
+    scale these views never show: on the 600-label benchmark that cost FixMatch 5 points)."""
+    import tarfile
+
+    from mmssl.data import ImageField, eval_transform, weak_augment, weak_eval_transform
+    from mmssl.data.image import decode_image
+    from mmssl.eval.finetune import top_k
+    from mmssl.models.encoders import build_encoder, saved_resize
+
+    with tarfile.open(sorted(fashion_shards.glob("train-*.tar"))[0]) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith((".png", ".jpg")))
+        image = decode_image(tar.extractfile(member).read())
+    torch.manual_seed(0)
+    draws = [weak_augment(32, flip=False)(image) for _ in range(400)]  # 81 shifts: each drawn
+    assert any(torch.equal(weak_eval_transform(32)(image), d) for d in draws)
+    assert not any(torch.allclose(eval_transform(32)(image), d, atol=1e-3) for d in draws)
+
+    run = tmp_path / "fm"
+    subprocess.run(cmd(fashion_shards, run, "max_steps=2", "batch_size=8", "mu=2", "eval_every=0", "save_every=0",
+                       "num_workers=0", "labels.fraction=0.1"), check=True, env=ENV, capture_output=True, cwd=ROOT)
+    assert saved_resize(run / "encoder") == 32  # python -m mmssl.eval reads it (mmssl/eval/__main__.py)
+    encoder = build_encoder({"name": str(run / "encoder")}).eval()
+    head = torch.nn.Linear(encoder.out_dim, 10)
+    head.load_state_dict(load_file(str(run / "encoder" / "head.safetensors")))
+    with torch.no_grad():
+        mine = top_k(lambda b: head(encoder(b["image"])), "cpu", str(fashion_shards), "test",
+                     ImageField(weak_eval_transform(32)), 64, 10)
+    assert mine["top1"] == last_eval(run)["top1"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torchvision.transforms import v2
 
-from .image import to_tensor
+from .image import CenterCropFloor, eval_transform, to_tensor
 
 
 def ssl_augment(size: int, scale=(0.08, 1.0), blur: float = 0.5, solarize: float = 0.0,
@@ -30,15 +30,23 @@ def ssl_augment(size: int, scale=(0.08, 1.0), blur: float = 0.5, solarize: float
 
 
 def _flip_and_shift(size: int, flip: bool) -> list:
-    """Resize to `size`, random horizontal flip, a random translation of up to 12.5% of the side
-    (reflect-pad and crop back)."""
-    steps = [v2.Resize((size, size), antialias=True)] + ([v2.RandomHorizontalFlip()] if flip else [])
+    """Resize the shorter side to `size` and centre-crop `size` (`weak_eval_transform`, what evaluation
+    sees), random horizontal flip, a random translation of up to 12.5% of the side (reflect-pad and
+    crop back). No zoom: the views keep the whole image's scale, as evaluation must."""
+    steps = [v2.Resize(size, antialias=True), CenterCropFloor(size)] + ([v2.RandomHorizontalFlip()] if flip else [])
     return steps + [v2.RandomCrop(size, padding=max(1, round(size * 0.125)), padding_mode="reflect")]
 
 
 def weak_augment(size: int, flip: bool = True) -> v2.Compose:
     """FixMatch's weak view: flip and shift (`_flip_and_shift`), normalise."""
     return v2.Compose(_flip_and_shift(size, flip) + [to_tensor()])
+
+
+def weak_eval_transform(size: int) -> v2.Compose:
+    """The weak view without its randomness: how a model trained on it is evaluated. The usual
+    `eval_transform(size)` zooms in by 1 / 0.875 before its centre crop, a scale these views never
+    show the model (a random resized crop does)."""
+    return eval_transform(size, resize=size)
 
 
 class RandomMagnitudeRandAugment(v2.Transform):

@@ -88,7 +88,11 @@ def main(argv=None) -> int:
     if unlabelled:
         raise ConfigError(f"--task {unlabelled[0]} needs labels, and {args.data} has none; "
                           "on unlabelled captions use --task retrieval")
-    metrics = run_tasks(model, args.task, args.data, args.split, cfg.get("image_size", 224), args.batch_size, args.workers)
+    from ..models.encoders import saved_resize
+
+    # The run's saved image processor says how its encoder's input was framed (FixMatch: no zoom).
+    metrics = run_tasks(model, args.task, args.data, args.split, cfg.get("image_size", 224), args.batch_size, args.workers,
+                        resize=saved_resize(args.run_dir / "encoder"))
     _report(args, {"event": "eval", "tasks": args.task, "data": args.data, "split": args.split,
                    **({"stage": args.stage} if args.stage is not None else {}), **metrics})
     return 0

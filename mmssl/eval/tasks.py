@@ -23,8 +23,9 @@ from .zero_shot import class_embeddings, zero_shot_accuracy
 TASKS = ("knn", "linear", "zero-shot", "retrieval")
 
 
-def _loader(data: str, split: str, size: int, text: bool, label: bool, batch_size: int, workers: int):
-    fields = [ImageField(eval_transform(size))]
+def _loader(data: str, split: str, size: int, text: bool, label: bool, batch_size: int, workers: int,
+            resize: int | None = None):
+    fields = [ImageField(eval_transform(size, resize))]
     if text:
         fields += [TextField(), ImageIdField()]
     if label:
@@ -35,8 +36,9 @@ def _loader(data: str, split: str, size: int, text: bool, label: bool, batch_siz
 
 
 def run_tasks(model, tasks, data: str, split: str = "val", image_size: int = 224, batch_size: int = 64,
-              workers: int = 2, train_split: str = "train") -> dict:
-    """Evaluate `model` on `data` (a make_shards folder) for each task; returns one flat dict."""
+              workers: int = 2, train_split: str = "train", resize: int | None = None) -> dict:
+    """Evaluate `model` on `data` (a make_shards folder) for each task; returns one flat dict. Images are
+    resized (shorter side to `resize`, round(image_size / 0.875) by default) and centre-cropped."""
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ValueError(f"unknown eval task '{unknown[0]}' (choose from {', '.join(TASKS)})")
@@ -44,14 +46,14 @@ def run_tasks(model, tasks, data: str, split: str = "val", image_size: int = 224
     if not tasks:  # `eval_tasks=[]`: nothing to measure, so read nothing
         return out
     needs_labels = any(t in tasks for t in ("knn", "linear", "zero-shot"))
-    ev = _loader(data, split, image_size, "retrieval" in tasks, needs_labels, batch_size, workers)
+    ev = _loader(data, split, image_size, "retrieval" in tasks, needs_labels, batch_size, workers, resize)
     test = extract(ev, lambda b: model.image_features(b["image"]) if any(t in tasks for t in ("knn", "linear"))
                    else model.image_embed(b["image"]))
     out["eval_samples"] = len(test["key"])
     if any(t in tasks for t in ("knn", "linear")):
         # Label-free health of the frozen features: how many directions they really use.
         out["feature_rank"] = effective_rank(test["features"])
-        tr = extract(_loader(data, train_split, image_size, False, True, batch_size, workers),
+        tr = extract(_loader(data, train_split, image_size, False, True, batch_size, workers, resize),
                      lambda b: model.image_features(b["image"]))
         if "knn" in tasks:
             out.update(knn_accuracy(tr["features"], tr["label"], test["features"], test["label"]))
@@ -59,7 +61,7 @@ def run_tasks(model, tasks, data: str, split: str = "val", image_size: int = 224
             out.update(linear_probe(tr["features"], tr["label"], test["features"], test["label"]))
     if "zero-shot" in tasks or "retrieval" in tasks:
         joint = test if not any(t in tasks for t in ("knn", "linear")) else extract(
-            _loader(data, split, image_size, "retrieval" in tasks, True, batch_size, workers),
+            _loader(data, split, image_size, "retrieval" in tasks, True, batch_size, workers, resize),
             lambda b: model.image_embed(b["image"]))
         if "zero-shot" in tasks:
             names = resolve_source(data, split).labels

@@ -66,24 +66,35 @@ Inputs: RGB, resized and centre-cropped as in preprocessor_config.json when pres
 """
 
 
-def save_image_processor(directory: str | os.PathLike, image_size: int) -> bool:
-    """Write `preprocessor_config.json` for `mmssl.data.image.eval_transform(image_size)`: resize the
-    shorter side to round(size / 0.875), centre-crop `size`, ImageNet normalisation. transformers'
-    ConvNeXt processor does exactly that for sizes below 384 (it resizes the shorter side to
-    int(size / crop_pct)), so AutoImageProcessor and `pipeline("image-feature-extraction")` feed the
-    saved tower what mmssl's evaluation feeds it. From 384 px that processor warps instead of
-    cropping, so none is written (returns False)."""
+def save_image_processor(directory: str | os.PathLike, image_size: int, resize: int | None = None) -> bool:
+    """Write `preprocessor_config.json` for `mmssl.data.image.eval_transform(image_size, resize)`:
+    resize the shorter side to `resize` (round(size / 0.875) by default), centre-crop `size`,
+    ImageNet normalisation. transformers' ConvNeXt processor does exactly that for sizes below 384
+    (it resizes the shorter side to int(size / crop_pct)), so AutoImageProcessor and
+    `pipeline("image-feature-extraction")` feed the saved tower what mmssl's evaluation feeds it
+    (`saved_resize` reads `resize` back). From 384 px that processor warps instead of cropping, so
+    none is written (returns False)."""
     from ..data.image import IMAGENET_MEAN, IMAGENET_STD
 
     if image_size >= 384:
         return False
-    resize = int(round(image_size / 0.875))
+    resize = resize or int(round(image_size / 0.875))
     config = {"image_processor_type": "ConvNextImageProcessor", "do_resize": True,
               "size": {"shortest_edge": image_size}, "crop_pct": image_size / (resize + 0.5),
               "resample": 2, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
               "image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD), "do_convert_rgb": True}
     Path(directory, "preprocessor_config.json").write_text(json.dumps(config, indent=1))
     return True
+
+
+def saved_resize(directory: str | os.PathLike) -> int | None:
+    """The shorter side a tower's saved `preprocessor_config.json` resizes to before its centre crop
+    (`save_image_processor`'s `resize`), or None where it holds no such processor."""
+    path = Path(directory, "preprocessor_config.json")
+    config = json.loads(path.read_text()) if path.exists() else {}
+    if config.get("image_processor_type") != "ConvNextImageProcessor" or "crop_pct" not in config:
+        return None
+    return int(config["size"]["shortest_edge"] / config["crop_pct"])
 
 
 class EncoderSpecError(ValueError):
