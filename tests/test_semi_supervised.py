@@ -153,7 +153,7 @@ def test_unlabelled_data_is_refused_for_labels_but_kept_as_the_unlabelled_stream
 def test_the_average_is_scored_and_saved_with_the_framing_its_training_views_have(fashion_shards, tmp_path):
     """The weak view shifts the whole image and never zooms; the score, the saved image processor and
     `python -m mmssl.eval` frame images the same way (the usual eval crop zooms in by 1 / 0.875, a
-    scale these views never show: on the 600-label benchmark that cost FixMatch 5 points)."""
+    scale these views never show)."""
     import tarfile
 
     from mmssl.data import ImageField, eval_transform, weak_augment, weak_eval_transform
@@ -165,7 +165,7 @@ def test_the_average_is_scored_and_saved_with_the_framing_its_training_views_hav
         member = next(m for m in tar.getmembers() if m.name.endswith((".png", ".jpg")))
         image = decode_image(tar.extractfile(member).read())
     torch.manual_seed(0)
-    draws = [weak_augment(32, flip=False)(image) for _ in range(400)]  # 81 shifts: each drawn
+    draws = [weak_augment(32, flip=False)(image) for _ in range(400)]  # 81 shifts, the unshifted one among them
     assert any(torch.equal(weak_eval_transform(32)(image), d) for d in draws)
     assert not any(torch.allclose(eval_transform(32)(image), d, atol=1e-3) for d in draws)
 
