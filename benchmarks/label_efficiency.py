@@ -16,7 +16,8 @@ labelled and 7 x 32 unlabelled ones for the semi-supervised methods):
 - Pseudo-Label and FixMatch: `recipes/fixmatch.py` with recipes/configs/fixmatch_demo.yaml, and
   the same recipe with `fixmatch.lambda_u=0`: its supervised part alone, the like-for-like baseline
   (same batch, learning rate, weak view and averaging);
-- FixMatch from an SSL init: the same, `init=` the SSL run with the best 1% linear probe.
+- FixMatch from an SSL init: the same, `init=` the SSL run with the best 1% linear probe, and its
+  supervised part alone from that init (`fixmatch_init_supervised`).
 The SSL runs are the demo configs at --ssl-steps on the whole train split (no labels). Builds
 the shards first if needed (tools/build_fashion_mnist.py --train-per-class 6000: the official
 splits). Caches every cell in OUT/results.json (--force recomputes), writes OUT/table.md and the
@@ -41,7 +42,8 @@ from record import write_record  # noqa: E402
 
 DATA = "shards/fashion_mnist_full"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
-ROWS = ("supervised", "linear", "finetune", "fixmatch_supervised", "pseudo_label", "fixmatch", "fixmatch_init")
+ROWS = ("supervised", "linear", "finetune", "fixmatch_supervised", "pseudo_label", "fixmatch", "fixmatch_init",
+        "fixmatch_init_supervised")
 
 
 def run(cmd: list[str]) -> str:
@@ -72,7 +74,7 @@ def finetune(ssl: Path, fraction: float, seed: int, steps: int, init: str, out: 
 # row: (objective, from the SSL init, extra keys)
 SEMI = {"fixmatch_supervised": ("fixmatch", False, ("fixmatch.lambda_u=0",)),
         "pseudo_label": ("pseudo_label", False, ()), "fixmatch": ("fixmatch", False, ()),
-        "fixmatch_init": ("fixmatch", True, ())}
+        "fixmatch_init": ("fixmatch", True, ()), "fixmatch_init_supervised": ("fixmatch", True, ("fixmatch.lambda_u=0",))}
 
 
 def semi_folder(out: Path, method: str, fraction: float, seed: int, init: bool, extra: tuple[str, ...]) -> Path:
@@ -135,7 +137,8 @@ def diagnostics(out: Path, fractions: list[float], seeds: list[int], wanted: set
 
 def diagnostics_table(found: dict, fractions: list[float], seeds: list[int]) -> str:
     names = {"fixmatch_supervised": "FixMatch's recipe with lambda_u = 0", "pseudo_label": "Pseudo-Label",
-             "fixmatch": "FixMatch", "fixmatch_init": "FixMatch from an SSL init"}
+             "fixmatch": "FixMatch", "fixmatch_init": "FixMatch from an SSL init",
+             "fixmatch_init_supervised": "FixMatch's recipe with lambda_u = 0 from an SSL init"}
     lines = []
     for row, name in names.items():
         cells = []
@@ -170,7 +173,9 @@ def table(results: dict, fractions: list[float], seeds: list[int], ssl: list[str
               "fixmatch_supervised"), ("Pseudo-Label", "pseudo_label", "pseudo_label"),
              ("FixMatch", "fixmatch", "fixmatch")]
     init = results.get("fixmatch_init_from")
-    rows += [(f"FixMatch from {init}", "fixmatch_init", "fixmatch_init")] if init else []
+    rows += [(f"FixMatch from {init}", "fixmatch_init", "fixmatch_init"),
+             (f"FixMatch's recipe with lambda_u = 0 from {init}", "fixmatch_init_supervised",
+              "fixmatch_init_supervised")] if init else []
     rows = [(name, key) for name, key, row in rows if row in wanted]
     head = "| row | " + " | ".join(f"{f:.0%} labels ({round(f * 60000):,})" for f in fractions) + " |"
     lines = [head, "|---" * (len(fractions) + 1) + "|"]
@@ -228,7 +233,8 @@ def main(argv=None) -> int:
 
     # The semi-supervised rows from random weights need no SSL run; every other row reads one (the
     # supervised row its encoder's architecture and preprocessing).
-    needs_ssl = wanted & {"supervised", "linear", "finetune", "fixmatch_init"}
+    from_ssl = wanted & {"fixmatch_init", "fixmatch_init_supervised"}
+    needs_ssl = wanted & {"supervised", "linear", "finetune"} | from_ssl
     runs = {m: ssl_run(args.out, m, args.ssl_steps) for m in ssl} if needs_ssl else {}
     feats: dict[str, dict] = {}  # frozen features of each SSL run, extracted once
     for f in fractions:
@@ -248,14 +254,16 @@ def main(argv=None) -> int:
                 method, _, extra = SEMI[row]
                 if row in wanted:
                     cell(f"{row}|{f:g}|{s}", lambda: semi(method, f, s, args.steps, args.out, extra=extra))
-    if "fixmatch_init" in wanted:
+    if from_ssl:
         linear = {m: statistics.mean(v for k, v in results.items() if k.startswith(f"linear:{m}|{fractions[0]:g}|"))
                   for m in ssl if any(k.startswith(f"linear:{m}|") for k in results)}
         best = max(linear, key=linear.get) if linear else ssl[0]
         results["fixmatch_init_from"] = best
-        for f in fractions:
-            for s in seeds:
-                cell(f"fixmatch_init|{f:g}|{s}", lambda: semi("fixmatch", f, s, args.steps, args.out, runs[best]))
+        for row in sorted(from_ssl):  # FixMatch first: the row the table is for
+            method, _, extra = SEMI[row]
+            for f in fractions:
+                for s in seeds:
+                    cell(f"{row}|{f:g}|{s}", lambda: semi(method, f, s, args.steps, args.out, runs[best], extra))
     found = diagnostics(args.out, fractions, seeds, wanted)
     text = table(results, fractions, seeds, ssl, wanted) + diagnostics_table(found, fractions, seeds)
     (args.out / "table.md").write_text(text)
