@@ -17,6 +17,7 @@ from test_distributed import accelerate_2proc
 
 from mmssl.data.subset import balanced_keys
 from mmssl.eval.finetune import load_input
+from mmssl.models.encoders import saved_resize
 
 
 def eval_cli(*args, check=True) -> subprocess.CompletedProcess:
@@ -166,10 +167,38 @@ def test_finetune_on_a_balanced_share_learns_and_reports_like_the_other_tasks(si
 
     assert build_encoder({"name": str(ft / "encoder")}).out_dim == 256
     assert (ft / "encoder" / "head.safetensors").exists()
+    assert saved_resize(ft / "encoder") == 37  # scored with the usual 1 / 0.875 zoom, saved with it
     # The same command again does not overwrite that run.
     again = eval_cli(simclr_run, "--task", "finetune", "--data", fashion_shards, "--split", "test", "--label-fraction",
                      "0.25", "--seed", "3", "--init", "random", "max_steps=40", check=False)
     assert again.returncode == 2 and "already holds a run" in again.stderr.strip().splitlines()[-1]
+
+
+def test_whole_image_training_is_scored_and_saved_without_the_zoom(simclr_run, fashion_shards, tmp_path):
+    """crop_scale_min = 1 trains on the whole image, flipped: the evaluation crop does not zoom in
+    either (a zoom of 1 / 0.875 lies outside every training crop), and the saved processor frames
+    images as scored, so the saved model scores the reported figures."""
+    from safetensors.torch import load_file
+
+    from mmssl.data import ImageField, eval_transform
+    from mmssl.eval.finetune import Classifier, ImageInput, top_k
+    from mmssl.models.encoders import build_encoder
+
+    out = tmp_path / "whole"
+    proc = eval_cli(simclr_run, "--task", "finetune", "--data", fashion_shards, "--split", "test", "--label-fraction",
+                    "0.25", "crop_scale_min=1", "max_steps=20", "batch_size=32", "num_workers=0", "lr=0.002",
+                    f"output_dir={out}")
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert saved_resize(out / "encoder") == 32
+    model = Classifier(ImageInput(build_encoder({"name": str(out / "encoder")})), 256, 10).eval()
+    model.head.load_state_dict(load_file(str(out / "encoder" / "head.safetensors")))
+
+    def scores(resize: int) -> tuple:
+        s = top_k(model.logits, "cpu", str(fashion_shards), "test", ImageField(eval_transform(32, resize=resize)), 50, 10)
+        return s["top1"], s["top5"]
+
+    assert scores(32) == (record["finetune_top1"], record["finetune_top5"])
+    assert scores(37) != scores(32)  # the zoom changes what the model predicts
 
 
 @pytest.mark.parametrize("args, message", [

@@ -199,16 +199,25 @@ def load_input(run_dir: Path, cfg: dict, init: str) -> nn.Module:
     return ImageInput(encoder)
 
 
+def eval_resize(size: int, crop_scale_min: float) -> int:
+    """The shorter side an image is resized to before the evaluation's centre crop of `size`."""
+    return round(size / max(0.875, crop_scale_min ** 0.5))
+
+
 def input_field(cfg: dict, train: bool, crop_scale_min: float = FINETUNE_DEFAULTS["crop_scale_min"].default):
     """The field that feeds the run's encoder: its own sizes, with the weak augmentation (random
     crop of at least `crop_scale_min` of the area and flip, random clip start) in training and
-    centre crops for evaluation."""
+    centre crops for evaluation. The evaluation crop zooms in by 1 / 0.875 as usual, or less where
+    the training crops never zoom that far (1 / sqrt(crop_scale_min)): with crop_scale_min = 1 the
+    model is scored on the whole image it trained on."""
     from ..data import AudioField, ImageField, VideoField, eval_transform, train_transform
 
     kind = modality(cfg)
     if kind == "image":
         size = cfg["image_size"]
-        return ImageField(train_transform(size, scale=(crop_scale_min, 1.0)) if train else eval_transform(size))
+        if train:
+            return ImageField(train_transform(size, scale=(crop_scale_min, 1.0)))
+        return ImageField(eval_transform(size, resize=eval_resize(size, crop_scale_min)))
     if kind == "video":
         v = cfg["video"] if cfg.get("input") == "video" else cfg
         return VideoField(v["num_frames"], v["stride"], v["image_size"], train=train)
@@ -272,6 +281,7 @@ def finetune(run_dir: Path, data: str, split: str, overrides: list[str]) -> tupl
     from ..config import merge
     from ..data import LabelField, build_loader
     from ..data.subset import LabelledSubset
+    from ..models.encoders import save_image_processor
     from ..preflight import check_source, has_labels
     from ..train import fit, start
 
@@ -307,13 +317,17 @@ def finetune(run_dir: Path, data: str, split: str, overrides: list[str]) -> tupl
                           split=labelled.split, num_workers=workers, seed=cfg["seed"], shuffle_buffer=cfg["shuffle_buffer"])
 
     if cfg["head_init"] == "probe":
-        probed_head(model, labelled, input_field(run_cfg, False), cfg, accelerator.device)
+        probed_head(model, labelled, input_field(run_cfg, False, cfg["crop_scale_min"]), cfg, accelerator.device)
 
     def evaluate(m: Classifier, step: int) -> dict:
-        scores = top_k(m.logits, next(m.parameters()).device, data, split, input_field(run_cfg, False), cfg["batch_size"], classes)
+        field = input_field(run_cfg, False, cfg["crop_scale_min"])
+        scores = top_k(m.logits, next(m.parameters()).device, data, split, field, cfg["batch_size"], classes)
         return {f"finetune_{k}": v for k, v in scores.items()}
 
-    result = fit(accelerator, cfg, model, loader, evaluate)
+    # The fine-tuned encoder is saved with the image processor of the framing it was scored with.
+    size = run_cfg.get("image_size") if modality(run_cfg) == "image" else None
+    saved = {"": lambda d: save_image_processor(d, size, eval_resize(size, cfg["crop_scale_min"]))} if size else {}
+    result = fit(accelerator, cfg, model, loader, evaluate, preprocessors=saved)
     return {"init": cfg["init"], "label_fraction": cfg["label_fraction"], "seed": cfg["seed"],
             "labelled": len(chosen), "classes": classes, "steps": cfg["max_steps"],
             "finetune_dir": cfg["output_dir"], **result}, accelerator.is_main_process
