@@ -234,7 +234,7 @@ def main(argv=None) -> int:
     # The semi-supervised rows from random weights need no SSL run; every other row reads one (the
     # supervised row its encoder's architecture and preprocessing).
     from_ssl = wanted & {"fixmatch_init", "fixmatch_init_supervised"}
-    needs_ssl = wanted & {"supervised", "linear", "finetune"} | from_ssl
+    needs_ssl = (wanted & {"supervised", "linear", "finetune"}) | from_ssl
     runs = {m: ssl_run(args.out, m, args.ssl_steps) for m in ssl} if needs_ssl else {}
     feats: dict[str, dict] = {}  # frozen features of each SSL run, extracted once
     for f in fractions:
