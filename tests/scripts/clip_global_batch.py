@@ -57,6 +57,9 @@ def main(out):
     if acc.is_main_process:
         save_file({"loss": loss.reshape(1), **{f"grad/{k}": v.contiguous() for k, v in grads.items()}}, out)
     acc.wait_for_everyone()
+    # Without this the gloo threads are still joinable when the interpreter exits, and a rank can
+    # abort there ("terminate called without an active exception") after all its work is done.
+    acc.end_training()
 
 
 if __name__ == "__main__":
