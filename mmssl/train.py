@@ -270,7 +270,7 @@ def fit(accelerator, cfg: dict, objective: torch.nn.Module, loader, evaluate=Non
             stop = dist.all_reduce_sum(torch.tensor(float(signals.received is not None), device=accelerator.device))
             logs, *first, stop = window.read(*guard.first, stop)
             if (bad := guard.describe(first)) is not None:
-                accelerator.end_training()  # every rank sees the same flag; a live gloo group can abort the exit
+                accelerator.end_training()  # as on the other exits; every rank reads the same all-reduced flag here
                 raise TrainingDiverged(f"{bad} at step {guard.first_bad_step}; stopped. "
                                        f"Last good checkpoint: {last_ckpt or 'none'}")
             if stop:
