@@ -43,6 +43,14 @@ def pngs(shard_dir: Path) -> list[bytes]:
     return out
 
 
+def corpus_pngs(shard_dir: Path, tool: str) -> list[bytes] | None:
+    """`pngs(shard_dir)`, or None after one error line where no shards were built there."""
+    if not (shard_dir / "manifest.json").exists():
+        print(f"{tool}: error: {shard_dir} holds no shards (make corpus builds the default ones)")
+        return None
+    return pngs(shard_dir)
+
+
 def as_jpeg(data: bytes, scale: int = 1) -> bytes:
     img = decode_image(data)
     if scale > 1:
@@ -83,11 +91,10 @@ def main() -> int:
     parser.add_argument("--images", type=Path, default=ROOT / "shards" / "default_images")
     parser.add_argument("--sizes", default="64,224")
     args = parser.parse_args()
-    if not (args.images / "manifest.json").exists():
-        print(f"decode: error: {args.images} holds no shards (make corpus builds the default ones)")
+    png = corpus_pngs(args.images, "decode")
+    if png is None:
         return 2
     torch.set_num_threads(1)
-    png = pngs(args.images)
     sets = {"png": png, "jpeg": [as_jpeg(d) for d in png], "jpeg_4x": [as_jpeg(d, 4) for d in png[:200]]}
     sides = {name: statistics.median(Image.open(io.BytesIO(d)).width for d in items) for name, items in sets.items()}
     rows = []

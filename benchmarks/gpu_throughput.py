@@ -12,7 +12,11 @@ Workloads (the paper-sized models):
 - `simclr_resnet50`: SimCLR on torchvision's ResNet-50, two 224 px views, batch 256;
 - `simclr_r50_gpu_aug`: the same with the views drawn on the GPU (`augment.on=device`,
   mmssl.data.device_augment), the workers only decoding and resizing: its shards/s against
-  simclr_resnet50's is what moving the augmentation to the GPU buys.
+  simclr_resnet50's is what moving the augmentation to the GPU buys;
+- `simclr_r50_gpu_decode`: the same again with the JPEGs decoded and resized on the GPU too
+  (`augment.decode=device`, mmssl.data.device_decode), the workers reading only headers.
+The three SimCLR rows read a JPEG copy of `--images` (tools/make_shards.py images --format jpg,
+built in a temporary folder), as photo corpora are JPEG.
 
 For each: (1) the plain loop: zero_grad, forward and backward under bf16 autocast, fused AdamW
 step, no clipping, on one batch already on the GPU; (2) `fit` (mixed_precision=bf16, grad_clip=0)
@@ -107,26 +111,53 @@ def simclr_workload(small: bool) -> dict:
 
     return {"unit": "images", "batch": 4 if small else 256, "build": lambda: SimCLR(build_encoder({"name": name})),
             "batch_fn": batch, "fields": lambda: [ImageField(TwoViews(ssl_augment(size)), out_key="views")],
-            "data": "images"}
+            "data": "jpeg_images"}
 
 
-def simclr_device_aug_workload(small: bool) -> dict:
-    """simclr_resnet50 with its views drawn on the GPU (augment.on=device): the workers only decode
-    and resize."""
+def simclr_on_device_workload(small: bool, decode: str = "workers") -> dict:
+    """simclr_resnet50 with its views drawn on the GPU (augment.on=device): the workers decode and
+    resize; with decode="device" (augment.decode=device) the GPU does that too and the workers read
+    only headers."""
     from mmssl.data import ImageField
     from mmssl.data.device_augment import load_transform
+    from mmssl.data.device_decode import EncodedJpegField
     from mmssl.recipe_image import device_views
 
     work = simclr_workload(small)
     size = 32 if small else 224
+    load = round(size / 0.875)
     # ssl_augment's defaults, which simclr_resnet50's workers use
-    augment = {"on": "device", "load_size": 0, "scale_min": 0.08, "color": 1.0, "blur": 0.5, "solarize": 0.0}
-    return {**work, "fields": lambda: [ImageField(load_transform(round(size / 0.875)))],
-            "on_device": device_views({"image_size": size, "augment": augment})}
+    augment = {"on": "device", "load_size": load, "scale_min": 0.08, "color": 1.0, "blur": 0.5, "solarize": 0.0,
+               "decode": decode}
+    field = EncodedJpegField(load) if decode == "device" else ImageField(load_transform(load))
+    return {**work, "fields": lambda: [field],
+            "on_device": lambda device, count: device_views({"image_size": size, "augment": augment}, device, count)}
 
 
 WORKLOADS = {"clip_vit_b16": clip_workload, "videomae_vit_b": videomae_workload, "simclr_resnet50": simclr_workload,
-             "simclr_r50_gpu_aug": simclr_device_aug_workload}
+             "simclr_r50_gpu_aug": simclr_on_device_workload,
+             "simclr_r50_gpu_decode": lambda small: simclr_on_device_workload(small, decode="device")}
+
+
+def jpeg_copy(shards: Path, out: Path) -> Path:
+    """The training images of `shards` re-encoded as JPEG shards in `out`, as a user would make them
+    (tools/make_shards.py images --format jpg); -> the shard folder."""
+    import subprocess
+    import tarfile
+
+    src = out / "images" / "all"
+    src.mkdir(parents=True)
+    n = 0
+    for tar_path in sorted(shards.glob("train-*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for m in tar:
+                ext = m.name.rsplit(".", 1)[-1].lower()
+                if m.isfile() and ext in ("jpg", "jpeg", "png", "webp", "bmp"):
+                    (src / f"{n:06d}.{ext}").write_bytes(tar.extractfile(m).read())
+                    n += 1
+    subprocess.run([sys.executable, str(ROOT / "tools" / "make_shards.py"), "images", str(src.parent), str(out / "jpeg"),
+                    "--format", "jpg", "--val-fraction", "0", "--no-progress"], check=True, capture_output=True)
+    return out / "jpeg"
 
 
 def sync(device: torch.device) -> None:
@@ -210,7 +241,9 @@ def fit_rate(work: dict, device: torch.device, steps: int, shards: Path | None, 
         accelerator = start(cfg)
         loader = (MemoryLoader(work["batch_fn"](work["batch"], accelerator.device)) if shards is None
                   else training_loader(cfg, work["fields"]()))
-        fit(accelerator, cfg, model, loader, on_device=None if shards is None else work.get("on_device"))
+        on_device = work.get("on_device") if shards is not None else None
+        fit(accelerator, cfg, model, loader,
+            on_device=None if on_device is None else on_device(accelerator.device, loader.count_skipped))
     return steps * work["batch"] / (stamps[WARMUP + steps] - stamps[WARMUP])
 
 
@@ -232,14 +265,18 @@ def main() -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
     rows = []
-    header = (f"{'workload':18s} {'unit':6s} {'plain/s':>9s} {'fit/s':>9s} {'fit÷plain':>9s} {'shards/s':>9s} "
+    header = (f"{'workload':22s} {'unit':6s} {'plain/s':>9s} {'fit/s':>9s} {'fit÷plain':>9s} {'shards/s':>9s} "
               f"{'shards÷mem':>10s} {'TFLOP/step':>10s} {'MFU':>6s}")
     lines = []
+    scratch = tempfile.TemporaryDirectory()
+    data = {"images": args.images, "videos": args.videos}
     for key in args.only.split(","):
         work = WORKLOADS[key](args.small)
         plain_s, flops = plain_rate(work, device, args.steps)
         ours = fit_rate(work, device, args.steps, None, args.workers)
-        shards = args.images if work["data"] == "images" else args.videos
+        if work["data"] == "jpeg_images" and "jpeg_images" not in data and (args.images / "manifest.json").exists():
+            data["jpeg_images"] = jpeg_copy(args.images, Path(scratch.name))
+        shards = data.get(work["data"], args.images)
         real, note = None, ""
         if (shards / "manifest.json").exists():
             try:
@@ -256,7 +293,7 @@ def main() -> int:
                      "flop_per_step": flops, "mfu": None if mfu is None else round(mfu, 3),
                      "note": note})
         r = rows[-1]
-        lines.append(f"{key:18s} {work['unit']:6s} {plain_s:9.1f} {ours:9.1f} {r['fit_vs_plain']:9.3f} "
+        lines.append(f"{key:22s} {work['unit']:6s} {plain_s:9.1f} {ours:9.1f} {r['fit_vs_plain']:9.3f} "
                      f"{'-' if real is None else f'{real:.1f}':>9s} "
                      f"{'-' if real is None else format(r['shards_vs_memory'], '.3f'):>10s} "
                      f"{flops / 1e12:10.3f} {'-' if mfu is None else f'{mfu:.1%}':>6s}  {note}")
@@ -264,6 +301,7 @@ def main() -> int:
     print(header)
     print("\n".join(lines))
     write_record(args.out, device=name, small=args.small, steps=args.steps, workers=args.workers, rows=rows)
+    scratch.cleanup()
     return 0
 
 

@@ -21,6 +21,7 @@ from .config import ConfigError, Key, chosen, constructor_keys, set_defaults
 from .data import (ImageField, LabelField, MultiCrop, TwoViews, build_loader, eval_transform, ssl_augment, train_transform,
                    training_loader)
 from .data.device_augment import DeviceAugment, load_transform
+from .data.device_decode import DeviceDecode, EncodedJpegField
 from .eval.backbone_model import BackboneEval
 from .eval.tasks import run_tasks
 from .models.encoders import build_encoder, save_image_processor
@@ -57,7 +58,11 @@ IMAGE_SSL_DEFAULTS = set_defaults(TRAIN_DEFAULTS, {
                           "the training device, the whole batch at once (GPU-side; mmssl.data.device_augment)",
                           choices=("workers", "device")),
                 "load_size": Key(0, "with augment.on=device: side of the square each image is resized and centre-"
-                                 "cropped to in the workers (0: image_size / 0.875)", min=0)},
+                                 "cropped to in the workers (0: image_size / 0.875)", min=0),
+                "decode": Key("workers", "with augment.on=device: where plain JPEGs (8-bit RGB or grey) are decoded "
+                              "and resized: in the data workers, or on the training device, the whole batch in one "
+                              "call (torchvision.io.decode_jpeg, nvJPEG on a GPU; mmssl.data.device_decode); other "
+                              "images are decoded in the workers", choices=("workers", "device"))},
     "eval_tasks": Key(["knn", "linear"], "evaluations of the frozen backbone (those needing labels run only "
                       "where the data has labels)", choices=("knn", "linear")),
     "eval_split": Key("val", "held-out split of data.val that is scored"),
@@ -69,24 +74,34 @@ def two_views(cfg: dict) -> list:
     """`views`: two SimCLR-style augmentations of each image (with augment.on=device, `image`: the
     square the device augments, `device_views`)."""
     a = cfg["augment"]
+    if a["on"] == "device" and a["decode"] == "device":
+        return [EncodedJpegField(load_size(cfg))]
     if a["on"] == "device":
-        return [ImageField(load_transform(a["load_size"] or round(cfg["image_size"] / 0.875)))]
+        return [ImageField(load_transform(load_size(cfg)))]
     t = ssl_augment(cfg["image_size"], (a["scale_min"], 1.0), blur=a["blur"], solarize=a["solarize"], color=a["color"])
     return [ImageField(TwoViews(t), out_key="views")]
 
 
-def device_views(cfg: dict):
-    """With augment.on=device, fit's `on_device`: the batch's `image` squares become its two `views`
-    on the device; otherwise None."""
+def load_size(cfg: dict) -> int:
+    """With augment.on=device: the side of the squares the device augments."""
+    return cfg["augment"]["load_size"] or round(cfg["image_size"] / 0.875)
+
+
+def device_views(cfg: dict, device=None, count_skipped=None):
+    """With augment.on=device, fit's `on_device`: the batch's `image` squares (with
+    augment.decode=device, its JPEGs, decoded first on `device`; images no decoder reads are counted
+    with `count_skipped(reason, n)`) become its two `views` on the device; otherwise None."""
     a = cfg["augment"]
     if a["on"] != "device":
         return None
     augment = DeviceAugment(cfg["image_size"], (a["scale_min"], 1.0), blur=a["blur"], solarize=a["solarize"],
                             color=a["color"])
+    decode = DeviceDecode(load_size(cfg), device or "cpu", count_skipped) if a["decode"] == "device" else None
 
     def on_device(batch: dict, seed: int) -> dict:
         batch = dict(batch)
-        batch["views"] = augment(batch.pop("image"), seed)
+        images = batch.pop("image")
+        batch["views"] = augment(decode(images) if decode is not None else images, seed)
         return batch
 
     return on_device
@@ -113,7 +128,7 @@ def labelled_views(cfg: dict) -> list:
 # What an objective's `views` attribute names: the fields its batches are built from.
 VIEWS = {"two_views": two_views, "multi_crop": multi_crop, "one_image": one_image, "labelled_views": labelled_views}
 # The augment keys each kind of views reads; the user setting another is told it does nothing.
-TWO_VIEWS_READ = {"scale_min", "color", "blur", "solarize", "on", "load_size"}
+TWO_VIEWS_READ = {"scale_min", "color", "blur", "solarize", "on", "load_size", "decode"}
 AUGMENT_READ = {"two_views": TWO_VIEWS_READ, "labelled_views": TWO_VIEWS_READ,
                 "multi_crop": {"scale_min", "color", "blur", "solarize", "local_size", "n_local", "local_scale_max"},
                 "one_image": {"scale_min"}}
@@ -126,9 +141,10 @@ def check_augment(cfg: dict, views: str) -> None:
     if unread:
         raise ConfigError(f"{unread[0]} does nothing for {cfg['objective']} ({views}: it reads augment."
                           f"{', augment.'.join(sorted(AUGMENT_READ[views]))}); remove it")
-    if "augment.load_size" in getattr(cfg, "explicit", ()) and cfg["augment"]["on"] != "device":
-        raise ConfigError("augment.load_size does nothing with augment.on=workers (the workers crop the "
-                          "decoded image); set augment.on=device or remove it")
+    for key in ("load_size", "decode"):
+        if f"augment.{key}" in getattr(cfg, "explicit", ()) and cfg["augment"]["on"] != "device":
+            raise ConfigError(f"augment.{key} does nothing with augment.on=workers (the workers decode, crop and "
+                              "augment each image); set augment.on=device or remove it")
 
 
 def _methods_in(module) -> list[type]:
@@ -229,5 +245,6 @@ def run_image_ssl(argv=None) -> int:
             return {**out, **(save_reconstructions(model, step, cfg) if pictures else {})}
 
     fit(accelerator, cfg, objective, loader, evaluate,
-        preprocessors={"": lambda d: save_image_processor(d, cfg["image_size"])}, on_device=device_views(cfg))
+        preprocessors={"": lambda d: save_image_processor(d, cfg["image_size"])},
+        on_device=device_views(cfg, accelerator.device, loader.count_skipped))
     return 0

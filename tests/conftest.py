@@ -152,6 +152,14 @@ def video_dir(tmp_path_factory, stamp_tree, sounds) -> Path:
 
 
 @pytest.fixture(scope="session")
+def jpeg_shards(stamp_tree, tmp_path_factory) -> Path:
+    """The photos re-encoded as JPEG by make_shards (`--format jpg`), as a user's JPEG corpus."""
+    out = tmp_path_factory.mktemp("jpeg_shards") / "out"
+    make_shards("images", stamp_tree, out, "--format", "jpg", "--samples-per-shard", "8", "--val-fraction", "0")
+    return out
+
+
+@pytest.fixture(scope="session")
 def caption_shards(stamp_tree, tmp_path_factory) -> Path:
     """The stamp photos with their English captions and category labels, 25% held out as val."""
     import csv

@@ -24,7 +24,7 @@ def test_gpu_throughput_runs_every_workload_end_to_end_on_tiny_models(caption_sh
     table = proc.stdout.strip().splitlines()
     assert table[0].startswith("cpu, bf16") and "fit÷plain" in table[1]
     rows = {r["workload"]: r for r in json.loads(out.read_text())["rows"]}
-    assert set(rows) == {"clip_vit_b16", "videomae_vit_b", "simclr_resnet50", "simclr_r50_gpu_aug"}
+    assert set(rows) == {"clip_vit_b16", "videomae_vit_b", "simclr_resnet50", "simclr_r50_gpu_aug", "simclr_r50_gpu_decode"}
     for r in rows.values():  # every path ran and was timed: memory, shards, FLOPs
         assert r["plain_per_s"] > 0 and r["fit_per_s"] > 0 and r["shards_per_s"] > 0 and r["flop_per_step"] > 0, r
         assert r["note"] == ""

@@ -50,6 +50,34 @@ def test_colour_and_blur_match_torchvision_image_by_image(photos):
     torch.testing.assert_close(gaussian_blur(x, 7, torch.zeros(len(x))), x, rtol=0, atol=1e-6)
 
 
+def test_the_workers_separable_blur_is_torchvisions_blur(stamp_tree):
+    """SeparableGaussianBlur against v2.GaussianBlur at the same seed, on real photos at 224 px (23
+    taps, SimCLR's size) as uint8 tensors, PIL images and floats: the same sigma draw, the same
+    picture to rounding."""
+    from mmssl.data.views import SeparableGaussianBlur
+
+    paths = sorted(p for p in stamp_tree.rglob("*.png") if p.name != "broken.png")[:6]
+    square = load_transform(224)
+    images = [square(Image.open(p).convert("RGB")) for p in paths]
+    inputs = images + [TF.to_pil_image(x) for x in images[:3]] + [x.float() / 255 for x in images[:3]]
+    ours, theirs = SeparableGaussianBlur(23, (0.1, 2.0)), v2.GaussianBlur(23, (0.1, 2.0))
+    for i, x in enumerate(inputs):
+        torch.manual_seed(i)
+        a = ours(x)
+        torch.manual_seed(i)
+        b = theirs(x)
+        assert type(a) is type(b)
+        if isinstance(a, Image.Image):
+            a, b = TF.pil_to_tensor(a), TF.pil_to_tensor(b)
+        assert a.dtype == b.dtype
+        diff = (a.double() - b.double()).abs()
+        if a.is_floating_point():
+            assert diff.max() < 1e-5, i
+        else:  # integer output: a sum that lands near .5 can round the other way
+            assert diff.max() <= 1 and (diff > 0).double().mean() < 1e-3, i
+    assert (SeparableGaussianBlur(23, (2.0, 2.0))(images[0]).float() - images[0].float()).abs().mean() > 1  # it blurs
+
+
 def test_crops_are_drawn_as_random_resized_crop_draws_them():
     h, w, n = 72, 100, 20000
     boxes = crop_boxes(n, h, w, (0.08, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(1))

@@ -25,6 +25,8 @@ HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int_
 # Where a run reads the device on purpose: fit's boundary read (`LogWindow.read`), checkpoints,
 # evaluations and the final save.
 BOUNDARY = {"read", "save", "_run_eval", "save_encoders"}
+# The data code that runs in the training process on the training device (fit's `on_device`).
+ON_DEVICE = {"device_augment.py", "device_decode.py"}
 
 
 class HostReads:
@@ -43,7 +45,7 @@ class HostReads:
         def wrapper(t, *args, **kwargs):
             frame = sys._getframe(1)
             path = Path(frame.f_code.co_filename)
-            if PACKAGE in path.parents and (PACKAGE / "data") not in path.parents:
+            if PACKAGE in path.parents and ((PACKAGE / "data") not in path.parents or path.name in ON_DEVICE):
                 site = f"{path.relative_to(PACKAGE)}:{frame.f_lineno} in {frame.f_code.co_name}"
                 boundary = None
                 while frame is not None and boundary is None:
@@ -109,6 +111,8 @@ RECIPES = {  # recipe: (its demo config, the fixture it trains on, a few more ke
     "avc": ("avc_demo", "av_shards", ["batch_size=4", "probe.data="]),
     "simclr_on_device": ("simclr_demo", "fashion_shards", ["augment.on=device", "augment.blur=0.5",
                                                            "augment.solarize=0.2", "batch_size=8"]),
+    "simclr_decode_on_device": ("simclr_demo", "jpeg_shards", ["augment.on=device", "augment.decode=device",
+                                                               "batch_size=8"]),
 }
 SCRIPTS = {"pseudo_label": "fixmatch"}  # a recipe run by another recipe's script
 
@@ -122,7 +126,7 @@ def test_recipe_steps_read_nothing_from_the_device(recipe, tmp_path, monkeypatch
             f"data.train={shards}", *QUIET, *extra]
     if recipe in ("fixmatch", "pseudo_label"):  # a classifier is scored at the end (an evaluation boundary)
         argv.append(f"data.val={shards}")
-    main = run_image_ssl if recipe == "simclr_on_device" else load_recipe(SCRIPTS.get(recipe, recipe)).main
+    main = run_image_ssl if recipe.startswith("simclr") else load_recipe(SCRIPTS.get(recipe, recipe)).main
     torch.manual_seed(0)
     reads = HostReads(monkeypatch)
     assert main(argv) == 0

@@ -77,6 +77,12 @@ def decode_image(data: bytes, draft_size: int | None = None, max_pixels: int | N
     return img.convert("RGB")
 
 
+def plain_jpeg(img: Image.Image) -> bool:
+    """An 8-bit RGB or grey JPEG, from its header: what torchvision.io decodes (libjpeg-turbo on a
+    CPU, nvJPEG on a GPU); CMYK JPEGs are left to Pillow."""
+    return img.format == "JPEG" and img.mode in ("RGB", "L")
+
+
 def decode_for_transform(data: bytes, draft_size: int | None = None,
                          max_pixels: int | None = None) -> torch.Tensor | Image.Image:
     """Bytes -> what the v2 transforms take, by the faster decoder that gives the same picture.
@@ -89,8 +95,7 @@ def decode_for_transform(data: bytes, draft_size: int | None = None,
     at least four times `draft_size` on each side, where Pillow's draft mode is the faster."""
     img = _open(data, max_pixels)
     # A palette Pillow reads as opaque is opaque here too, whatever libpng makes of its chunks.
-    opaque = ((img.format == "JPEG" and img.mode in ("RGB", "L")
-               and not (draft_size and min(img.size) >= 4 * draft_size))
+    opaque = ((plain_jpeg(img) and not (draft_size and min(img.size) >= 4 * draft_size))
               or (img.format == "PNG" and (img.mode in ("RGB", "L") or (img.mode == "P" and "transparency" not in img.info))))
     if opaque:
         try:

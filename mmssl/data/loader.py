@@ -98,6 +98,11 @@ class ShardLoader:
         """Samples delivered and skipped by reason, over every epoch so far (this rank)."""
         return dict(self._stats_before + self._epoch_stats())
 
+    def count_skipped(self, reason: str, n: int = 1) -> None:
+        """Count samples skipped after the workers delivered them (a JPEG only the training device
+        found damaged, mmssl.data.device_decode); kept in the statistics and checkpoints."""
+        self._stats_before[reason] += n
+
     def state_dict(self) -> dict:
         return {
             "epoch": self._oldest_epoch(),
