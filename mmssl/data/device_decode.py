@@ -104,6 +104,7 @@ class DeviceDecode:
         self.count = count or (lambda reason, n: None)
         self.told = False
         self.lines_left = 5
+        self.named: set[str] = set()
 
     def __call__(self, images: EncodedImages) -> torch.Tensor:
         spans = list(zip(images.offsets[:-1], images.offsets[1:]))
@@ -146,8 +147,11 @@ class DeviceDecode:
             return None
 
     def _tell_skipped(self, keys: list[str]) -> None:
-        """A line per damaged file for the first few; the count (metrics' data/corrupt_image) has them all."""
-        if self.lines_left > 0:
+        """A line for each of the first few damaged files, once (every epoch meets them again); the
+        count (metrics' data/corrupt_image) has them all."""
+        keys = [k for k in keys if k not in self.named]
+        self.named.update(keys)
+        if keys and self.lines_left > 0:
             self.lines_left -= 1
             more = "" if self.lines_left else "; further ones are only counted (data/corrupt_image)"
             print(f"augment.decode=device: skipped {', '.join(keys)} (corrupt_image: no decoder reads it); its place "
