@@ -145,6 +145,8 @@ def jpeg_copy(shards: Path, out: Path) -> Path:
     import subprocess
     import tarfile
 
+    from mmssl.data.image import IMAGE_EXTENSIONS
+
     src = out / "images" / "all"
     src.mkdir(parents=True)
     n = 0
@@ -152,7 +154,7 @@ def jpeg_copy(shards: Path, out: Path) -> Path:
         with tarfile.open(tar_path) as tar:
             for m in tar:
                 ext = m.name.rsplit(".", 1)[-1].lower()
-                if m.isfile() and ext in ("jpg", "jpeg", "png", "webp", "bmp"):
+                if m.isfile() and ext in IMAGE_EXTENSIONS:
                     (src / f"{n:06d}.{ext}").write_bytes(tar.extractfile(m).read())
                     n += 1
     subprocess.run([sys.executable, str(ROOT / "tools" / "make_shards.py"), "images", str(src.parent), str(out / "jpeg"),

@@ -29,7 +29,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from .. import dist
 from .device_augment import load_transform
-from .fields import SkipSample, member
+from .fields import member
 from .image import ImageField, ImageTooLarge, _open, decode_for_transform, plain_jpeg
 
 END_OF_IMAGE = b"\xff\xd9"
@@ -72,11 +72,9 @@ class EncodedJpegField:
         data = member(sample, self.extensions, "image")
         try:
             img = _open(data, None)
-        except ImageTooLarge as exn:
-            raise SkipSample("image_too_large", f"{sample['__key__']}: {exn}") from None
-        except (UnidentifiedImageError, OSError, ValueError) as exn:
-            raise SkipSample("corrupt_image", f"{sample['__key__']}: {exn}") from None
-        if plain_jpeg(img) and data.endswith(END_OF_IMAGE):
+        except (ImageTooLarge, UnidentifiedImageError, OSError, ValueError):
+            img = None  # the workers' decoder below skips it, under its reason
+        if img is not None and plain_jpeg(img) and data.endswith(END_OF_IMAGE):
             return {"image": data, "image_key": sample["__key__"]}
         return {**self.in_workers.decode(sample), "image_key": sample["__key__"]}
 
